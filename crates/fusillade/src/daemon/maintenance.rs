@@ -1,0 +1,90 @@
+//! Background upkeep: heartbeats, rescue of requests leased by dead daemons, expiry of batches
+//! past their deadline, and aborting calls of cancelled batches (by event, with a poll as the
+//! fallback).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, interval};
+use tokio_util::sync::CancellationToken;
+
+use super::state::Shared;
+use crate::model::BatchStatus;
+use crate::storage::{RescueParams, StorageEvent};
+
+/// How often deadlines and cancellations are checked.
+const TICK: Duration = Duration::from_millis(500);
+
+pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut ticker = interval(TICK);
+    let mut last_heartbeat = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(e) = tick(&shared, &mut last_heartbeat).await {
+            metrics::counter!("fusillade_loop_errors_total", "loop" => "maintenance").increment(1);
+            tracing::error!(error = %e, "maintenance failed; will retry");
+        }
+    }
+}
+
+async fn tick(shared: &Shared, last_heartbeat: &mut Instant) -> crate::storage::Result<()> {
+    let now = chrono::Utc::now();
+    let storage = &shared.storage;
+    if last_heartbeat.elapsed() >= shared.config.heartbeat_interval {
+        let finished = shared.stats.finished.load(std::sync::atomic::Ordering::Relaxed);
+        storage
+            .daemon_heartbeat(&shared.daemon_id, now, finished)
+            .await?;
+        *last_heartbeat = Instant::now();
+        let stale = chrono::Duration::from_std(shared.config.stale_after).expect("duration");
+        let rescued = storage
+            .request_rescue_stale(RescueParams {
+                heartbeat_before: now - stale,
+                all_except: None,
+                now,
+            })
+            .await?;
+        if rescued > 0 {
+            tracing::warn!(rescued, "requests of a silent daemon returned to pending");
+        }
+    }
+    for batch in storage.batch_expire_due(now).await? {
+        tracing::info!(batch_id = %batch, "batch expired");
+        shared.cancel_batch(&batch);
+    }
+    abort_stopped_batches(shared).await
+}
+
+/// Aborts in-flight calls of batches that are no longer in progress.
+async fn abort_stopped_batches(shared: &Shared) -> crate::storage::Result<()> {
+    let ids = shared.batches_in_flight();
+    for (id, status) in shared.storage.batch_statuses(&ids).await? {
+        if status != BatchStatus::InProgress {
+            shared.cancel_batch(&id);
+        }
+    }
+    Ok(())
+}
+
+/// Turns storage events into wake-ups and aborts.
+pub(crate) async fn forward_events(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut events = shared.storage.subscribe();
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = events.recv() => e,
+        };
+        match event {
+            Ok(StorageEvent::WorkAvailable) => shared.wake.notify_one(),
+            Ok(StorageEvent::BatchCancelled(id)) | Ok(StorageEvent::BatchFinished(id)) => {
+                shared.cancel_batch(&id)
+            }
+            Err(RecvError::Lagged(_)) => shared.wake.notify_one(),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

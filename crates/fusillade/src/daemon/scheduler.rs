@@ -1,0 +1,108 @@
+//! The scheduler: leases runnable requests in bulk, never more than each model's free slots,
+//! and hands them to the executor. It sleeps until a slot frees, new work arrives, a retry
+//! comes due or the fallback poll fires.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::error_backoff;
+use super::executor::Executor;
+use super::state::Shared;
+use crate::storage::{ClaimParams, Claimed, ModelClaim};
+
+/// How long the scheduler waits for more slots to free before claiming a small batch: claims
+/// of one or two rows would cost a transaction each.
+const COALESCE: Duration = Duration::from_millis(2);
+
+pub(crate) async fn run(shared: Arc<Shared>, executor: &Executor, shutdown: CancellationToken) {
+    let mut next_poll = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            _ = shared.wake.notified() => {}
+            _ = sleep_until(next_poll) => {}
+        }
+        coalesce(&shared, &shutdown).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match tick(&shared, executor).await {
+            Ok(claimed) => {
+                failures = 0;
+                next_poll = next_wake(&shared, &claimed);
+            }
+            Err(e) => {
+                failures += 1;
+                metrics::counter!("fusillade_loop_errors_total", "loop" => "scheduler")
+                    .increment(1);
+                tracing::error!(error = %e, failures, "claiming failed; retrying");
+                next_poll = Instant::now() + error_backoff(failures);
+            }
+        }
+    }
+}
+
+/// When slots are freeing one by one, waits briefly so that one claim serves several.
+async fn coalesce(shared: &Shared, shutdown: &CancellationToken) {
+    let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
+    let limit = u64::from(shared.config.concurrency.default);
+    if in_flight == 0 || in_flight + limit / 4 <= limit {
+        return;
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(COALESCE) => {}
+    }
+}
+
+/// One claim: every active model with free slots, in one transaction.
+async fn tick(shared: &Shared, executor: &Executor) -> crate::storage::Result<Claimed> {
+    let models = shared.storage.batch_models_active().await?;
+    let claims: Vec<ModelClaim> = models
+        .into_iter()
+        .filter_map(|model| {
+            let max = shared.free_slots(&model);
+            (max > 0).then_some(ModelClaim { model, max })
+        })
+        .collect();
+    if claims.is_empty() {
+        return Ok(Claimed::default());
+    }
+    let claimed = shared
+        .storage
+        .request_claim_many(ClaimParams {
+            daemon_id: shared.daemon_id.clone(),
+            now: chrono::Utc::now(),
+            models: claims,
+        })
+        .await?;
+    shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .claimed
+        .fetch_add(claimed.requests.len() as u64, Ordering::Relaxed);
+    metrics::histogram!("fusillade_claim_size").record(claimed.requests.len() as f64);
+    for req in &claimed.requests {
+        shared.start_calls(&req.model, 1);
+    }
+    for req in claimed.requests.iter().cloned() {
+        executor.dispatch(req);
+    }
+    Ok(claimed)
+}
+
+/// The fallback poll, brought forward to the next scheduled retry.
+fn next_wake(shared: &Shared, claimed: &Claimed) -> Instant {
+    let poll = Instant::now() + shared.config.poll_interval;
+    let Some(retry_at) = claimed.next_retry_at else {
+        return poll;
+    };
+    let until = (retry_at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    poll.min(Instant::now() + until)
+}

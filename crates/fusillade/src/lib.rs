@@ -1,0 +1,25 @@
+//! Fusillade runs very large batches of LLM requests against OpenAI-compatible servers:
+//! per-model concurrency limits, retries with backoff, deadlines, cancellation and crash
+//! recovery, with results as OpenAI Batch API JSONL.
+//!
+//! # Layout
+//!
+//! - [`model`]: the domain nouns (files, batches, requests, daemons) and the request state
+//!   machine. Imports nothing else of the crate.
+//! - [`input`]: streaming parser and validator of JSONL input files.
+//! - [`storage`]: the `Storage` trait, the only place SQL lives, with its SQLite backend.
+//! - [`upstream`]: the HTTP client that sends one request to an upstream server.
+//! - [`daemon`]: scheduler → executor → completer, plus heartbeats, rescue and expiry.
+//! - [`output`]: OpenAI-format output and error lines, streamed from storage.
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod input;
+pub mod model;
+pub mod storage;
+pub mod config;
+pub mod daemon;
+pub mod upstream;
+
+pub use config::DaemonConfig;
+pub use daemon::Daemon;
+pub use storage::{Storage, StorageError};
