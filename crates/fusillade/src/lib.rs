@@ -23,3 +23,5 @@ pub mod upstream;
 pub use config::DaemonConfig;
 pub use daemon::Daemon;
 pub use storage::{Storage, StorageError};
+pub mod ingest;
+pub mod output;
