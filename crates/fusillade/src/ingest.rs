@@ -47,7 +47,13 @@ async fn read_more<R: AsyncRead + Unpin>(
             Ok(n) => n,
             Err(e) => {
                 let message = format!("reading the file failed: {e}");
-                return (Err(InputError { line: None, message }), State::Ended);
+                return (
+                    Err(InputError {
+                        line: None,
+                        message,
+                    }),
+                    State::Ended,
+                );
             }
         };
         if n == 0 {
@@ -87,5 +93,7 @@ where
         expires_at: None,
         now,
     };
-    storage.file_create(params, upload_stream(reader, limits)).await
+    storage
+        .file_create(params, upload_stream(reader, limits))
+        .await
 }

@@ -13,11 +13,11 @@
 //! - [`output`]: OpenAI-format output and error lines, streamed from storage.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod config;
+pub mod daemon;
 pub mod input;
 pub mod model;
 pub mod storage;
-pub mod config;
-pub mod daemon;
 pub mod upstream;
 
 pub use config::DaemonConfig;

@@ -104,6 +104,19 @@ pub fn public_request_id(batch: &BatchId, line: u64) -> String {
     format!("batch_req_{suffix}{line:08x}")
 }
 
+/// Parses a completion window such as `24h`, `90m`, `7d` or `3600s`.
+pub fn parse_completion_window(text: &str) -> Option<chrono::Duration> {
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: i64 = number.parse().ok().filter(|n| *n > 0)?;
+    match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => None,
+    }
+}
+
 /// What a file is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -163,13 +163,12 @@ impl UpstreamClient {
                 };
             }
         };
-        let response = match tokio::time::timeout(self.limits.first_byte_timeout, builder.send())
-            .await
-        {
-            Err(_) => return timeout("no response headers", self.limits.first_byte_timeout),
-            Ok(Err(e)) => return transport_error(&e),
-            Ok(Ok(r)) => r,
-        };
+        let response =
+            match tokio::time::timeout(self.limits.first_byte_timeout, builder.send()).await {
+                Err(_) => return timeout("no response headers", self.limits.first_byte_timeout),
+                Ok(Err(e)) => return transport_error(&e),
+                Ok(Ok(r)) => r,
+            };
         let status = response.status().as_u16();
         let request_id = header_text(response.headers(), "x-request-id");
         let retry_after = parse_retry_after(response.headers(), chrono::Utc::now());
@@ -288,8 +287,15 @@ fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// `Retry-After` as a delay: delta-seconds, or an HTTP-date relative to `now`.
-pub fn parse_retry_after(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
-    let text = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+pub fn parse_retry_after(
+    headers: &HeaderMap,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
+    let text = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = text.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }

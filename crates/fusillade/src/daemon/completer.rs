@@ -48,8 +48,14 @@ async fn flush(shared: &Shared, buffer: &[Finish]) {
         {
             Ok(report) => {
                 shared.stats.commits.fetch_add(1, Ordering::Relaxed);
-                shared.stats.finished.fetch_add(report.applied, Ordering::Relaxed);
-                shared.stats.stale.fetch_add(report.stale, Ordering::Relaxed);
+                shared
+                    .stats
+                    .finished
+                    .fetch_add(report.applied, Ordering::Relaxed);
+                shared
+                    .stats
+                    .stale
+                    .fetch_add(report.stale, Ordering::Relaxed);
                 metrics::histogram!("fusillade_flush_size").record(buffer.len() as f64);
                 for batch in &report.finished_batches {
                     tracing::info!(batch_id = %batch, "batch finished");

@@ -35,7 +35,10 @@ async fn tick(shared: &Shared, last_heartbeat: &mut Instant) -> crate::storage::
     let now = chrono::Utc::now();
     let storage = &shared.storage;
     if last_heartbeat.elapsed() >= shared.config.heartbeat_interval {
-        let finished = shared.stats.finished.load(std::sync::atomic::Ordering::Relaxed);
+        let finished = shared
+            .stats
+            .finished
+            .load(std::sync::atomic::Ordering::Relaxed);
         storage
             .daemon_heartbeat(&shared.daemon_id, now, finished)
             .await?;

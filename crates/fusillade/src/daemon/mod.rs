@@ -84,11 +84,19 @@ impl Daemon {
         let completer = tokio::spawn(completer::run(shared.clone(), rx));
         let abort = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let executor =
-            executor::Executor::new(shared.clone(), self.client, tx, tracker.clone(), abort.clone());
+        let executor = executor::Executor::new(
+            shared.clone(),
+            self.client,
+            tx,
+            tracker.clone(),
+            abort.clone(),
+        );
         let background = CancellationToken::new();
         let maintenance = tokio::spawn(maintenance::run(shared.clone(), background.clone()));
-        let events = tokio::spawn(maintenance::forward_events(shared.clone(), background.clone()));
+        let events = tokio::spawn(maintenance::forward_events(
+            shared.clone(),
+            background.clone(),
+        ));
 
         scheduler::run(shared.clone(), &executor, shutdown).await;
 
@@ -143,7 +151,10 @@ async fn register(shared: &Shared) -> Result<(), DaemonError> {
             })
             .await?;
         if rescued > 0 {
-            tracing::info!(rescued, "requests left running by a previous process returned to pending");
+            tracing::info!(
+                rescued,
+                "requests left running by a previous process returned to pending"
+            );
         }
     }
     tracing::info!(daemon_id = %shared.daemon_id, "daemon started");

@@ -103,6 +103,8 @@ fn next_wake(shared: &Shared, claimed: &Claimed) -> Instant {
     let Some(retry_at) = claimed.next_retry_at else {
         return poll;
     };
-    let until = (retry_at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    let until = (retry_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
     poll.min(Instant::now() + until)
 }

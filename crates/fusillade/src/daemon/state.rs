@@ -71,12 +71,19 @@ impl Shared {
             .expect("in-flight lock")
             .entry(model.to_string())
             .or_insert(0) += n;
-        self.stats.in_flight.fetch_add(u64::from(n), Ordering::Relaxed);
+        self.stats
+            .in_flight
+            .fetch_add(u64::from(n), Ordering::Relaxed);
     }
 
     /// One call of `model` ended: its slot is free. Wakes the scheduler.
     pub(crate) fn end_call(&self, model: &str) {
-        if let Some(n) = self.in_flight.lock().expect("in-flight lock").get_mut(model) {
+        if let Some(n) = self
+            .in_flight
+            .lock()
+            .expect("in-flight lock")
+            .get_mut(model)
+        {
             *n = n.saturating_sub(1);
         }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);

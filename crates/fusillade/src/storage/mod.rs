@@ -20,8 +20,8 @@ use tokio::sync::broadcast;
 
 use crate::input::{InputError, InputSummary};
 use crate::model::{
-    Batch, BatchId, BatchStatus, ClaimedRequest, DaemonId, DaemonRecord, File, FileId,
-    FilePurpose, Finish, NewTemplate, RequestState, Timestamp,
+    Batch, BatchId, BatchStatus, ClaimedRequest, DaemonId, DaemonRecord, File, FileId, FilePurpose,
+    Finish, NewTemplate, RequestState, Timestamp,
 };
 
 /// Errors of storage operations.
@@ -318,8 +318,7 @@ pub trait Storage: Send + Sync + 'static {
     /// running requests become `expired`. Returns the batches expired.
     async fn batch_expire_due(&self, now: Timestamp) -> Result<Vec<BatchId>>;
     /// Puts a batch's failed requests back to pending with a fresh attempt budget.
-    async fn batch_retry_failed(&self, scope: &Scope, id: &BatchId, now: Timestamp)
-    -> Result<u64>;
+    async fn batch_retry_failed(&self, scope: &Scope, id: &BatchId, now: Timestamp) -> Result<u64>;
     /// Status of each of these batches (unknown ids are left out).
     async fn batch_statuses(&self, ids: &[BatchId]) -> Result<Vec<(BatchId, BatchStatus)>>;
     /// Models of every batch that still has unfinished requests.
@@ -331,8 +330,11 @@ pub trait Storage: Send + Sync + 'static {
     async fn request_claim_many(&self, params: ClaimParams) -> Result<Claimed>;
     /// Writes outcomes (fenced on lease) and the batch counter changes in one transaction, and
     /// finishes batches whose last request this was.
-    async fn request_finish_many(&self, finishes: &[Finish], now: Timestamp)
-    -> Result<FinishReport>;
+    async fn request_finish_many(
+        &self,
+        finishes: &[Finish],
+        now: Timestamp,
+    ) -> Result<FinishReport>;
     /// Declares silent daemons dead and returns their leased requests to pending without
     /// charging an attempt. Returns how many requests were rescued.
     async fn request_rescue_stale(&self, params: RescueParams) -> Result<u64>;

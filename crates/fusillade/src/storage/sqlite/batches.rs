@@ -9,13 +9,15 @@ use super::rows::{
 };
 use crate::model::{Batch, BatchId, BatchStatus, FileId, FilePurpose, RequestState, Timestamp};
 use crate::storage::{
-    BatchCreate, BatchList, Page, Result, ResultFilter, ResultPage, ResultRow, Scope,
-    StorageError, StorageEvent,
+    BatchCreate, BatchList, Page, Result, ResultFilter, ResultPage, ResultRow, Scope, StorageError,
+    StorageEvent,
 };
 
 /// The message every expired request carries, as OpenAI words it.
 pub(super) const EXPIRED_MESSAGE: &str =
     "This request could not be executed before the completion window expired.";
+/// The message every cancelled request carries (code `batch_cancelled`).
+pub(super) const CANCELLED_MESSAGE: &str = "The batch was cancelled before this request finished.";
 
 pub(super) async fn create(s: &SqliteStorage, p: BatchCreate) -> Result<Batch> {
     let (file_seq, purpose) = visible_seq(s, &Scope::Tenant(p.owner.clone()), &p.input_file_id)
@@ -49,7 +51,10 @@ pub(super) async fn create(s: &SqliteStorage, p: BatchCreate) -> Result<Batch> {
         .execute(&mut *tx)
         .await?;
     }
-    let metadata = p.metadata.as_ref().map(|m| serde_json::to_string(m).expect("json"));
+    let metadata = p
+        .metadata
+        .as_ref()
+        .map(|m| serde_json::to_string(m).expect("json"));
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO batches (id, owner, input_file_id, endpoint, completion_window, metadata, \
              status, output_file_id, error_file_id, created_at, in_progress_at, expires_at) \
@@ -138,10 +143,12 @@ async fn populate_requests(
 }
 
 pub(super) async fn get(pool: &SqlitePool, scope: &Scope, id: &BatchId) -> Result<Batch> {
-    let row = sqlx::query(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1"))
-        .bind(id.as_str())
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(&format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?1"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(pool)
+    .await?;
     let batch = row.as_ref().map(batch_from_row).transpose()?;
     match batch {
         Some(b) if scope.allows(&b.owner) => Ok(b),
@@ -162,12 +169,13 @@ async fn seq_of(conn: &mut SqliteConnection, scope: &Scope, id: &BatchId) -> Res
 
 pub(super) async fn list(s: &SqliteStorage, p: BatchList) -> Result<Page<Batch>> {
     let mut conn = s.reader.acquire().await?;
-    let cursor = match &p.after {
-        Some(after) => Some(seq_of(&mut conn, &p.scope, after).await.map_err(|_| {
-            StorageError::NotFound(format!("batch {after} (the `after` cursor)"))
-        })?),
-        None => None,
-    };
+    let cursor =
+        match &p.after {
+            Some(after) => Some(seq_of(&mut conn, &p.scope, after).await.map_err(|_| {
+                StorageError::NotFound(format!("batch {after} (the `after` cursor)"))
+            })?),
+            None => None,
+        };
     let (owner, all) = scope_binds(&p.scope);
     let search = p.search.as_ref().map(|q| q.to_lowercase());
     let rows = sqlx::query(&format!(
@@ -183,7 +191,10 @@ pub(super) async fn list(s: &SqliteStorage, p: BatchList) -> Result<Page<Batch>>
     .bind(i64::from(p.limit) + 1)
     .fetch_all(&mut *conn)
     .await?;
-    let mut items = rows.iter().map(batch_from_row).collect::<Result<Vec<_>>>()?;
+    let mut items = rows
+        .iter()
+        .map(batch_from_row)
+        .collect::<Result<Vec<_>>>()?;
     let has_more = items.len() > p.limit as usize;
     items.truncate(p.limit as usize);
     Ok(Page { items, has_more })
@@ -202,8 +213,7 @@ pub(super) async fn get_by_output_file(
     .fetch_optional(&s.reader)
     .await?
     .flatten();
-    let batch_id =
-        batch_id.ok_or_else(|| StorageError::NotFound(format!("file {id}")))?;
+    let batch_id = batch_id.ok_or_else(|| StorageError::NotFound(format!("file {id}")))?;
     get(&s.reader, scope, &BatchId::from_string(batch_id))
         .await
         .map_err(|_| StorageError::NotFound(format!("file {id}")))
@@ -226,11 +236,14 @@ pub(super) async fn cancel(
         return get(&s.writer, scope, id).await;
     }
     let n = sqlx::query(
-        "UPDATE requests SET state = 'cancelled', finished_at = ?2, not_before = NULL \
+        "UPDATE requests SET state = 'cancelled', finished_at = ?2, not_before = NULL, \
+             error_code = 'batch_cancelled', error_message = ?3, status_code = NULL, \
+             response = NULL \
          WHERE batch_seq = ?1 AND state = 'pending'",
     )
     .bind(seq)
     .bind(ms(now))
+    .bind(CANCELLED_MESSAGE)
     .execute(&mut *tx)
     .await?
     .rows_affected() as i64;
@@ -284,7 +297,10 @@ pub(super) async fn expire_due(s: &SqliteStorage, now: Timestamp) -> Result<Vec<
     }
     deltas.apply(&mut tx).await?;
     tx.commit().await?;
-    let expired: Vec<BatchId> = due.into_iter().map(|(_, id)| BatchId::from_string(id)).collect();
+    let expired: Vec<BatchId> = due
+        .into_iter()
+        .map(|(_, id)| BatchId::from_string(id))
+        .collect();
     for id in &expired {
         s.emit(StorageEvent::BatchFinished(id.clone()));
     }
@@ -405,7 +421,9 @@ pub(super) async fn result_page(
                 custom_id: r.try_get("custom_id")?,
                 state: state(r.try_get::<&str, _>("state")?)?,
                 attempts: r.try_get::<i64, _>("attempts")? as u32,
-                status_code: r.try_get::<Option<i64>, _>("status_code")?.map(|c| c as u16),
+                status_code: r
+                    .try_get::<Option<i64>, _>("status_code")?
+                    .map(|c| c as u16),
                 response_body: r.try_get("response")?,
                 upstream_request_id: r.try_get("upstream_request_id")?,
                 error_code: r.try_get("error_code")?,

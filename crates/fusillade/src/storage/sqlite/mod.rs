@@ -17,14 +17,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::broadcast;
 
 use super::{
     BatchCreate, BatchList, ClaimParams, Claimed, FileCreate, FileList, FinishReport, ModelStats,
-    Page, RescueParams, Result, ResultPage, ResultRow, Scope, Storage, StorageError,
-    StorageEvent, UploadStream,
+    Page, RescueParams, Result, ResultPage, ResultRow, Scope, Storage, StorageError, StorageEvent,
+    UploadStream,
 };
 use crate::model::{
     Batch, BatchId, BatchStatus, DaemonId, DaemonRecord, File, FileId, Finish, NewTemplate,
@@ -152,12 +152,7 @@ impl Storage for SqliteStorage {
         batches::expire_due(self, now).await
     }
 
-    async fn batch_retry_failed(
-        &self,
-        scope: &Scope,
-        id: &BatchId,
-        now: Timestamp,
-    ) -> Result<u64> {
+    async fn batch_retry_failed(&self, scope: &Scope, id: &BatchId, now: Timestamp) -> Result<u64> {
         batches::retry_failed(self, scope, id, now).await
     }
 

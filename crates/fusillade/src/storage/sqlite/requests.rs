@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
 
 use super::SqliteStorage;
-use super::batches::finalize;
+use super::batches::{CANCELLED_MESSAGE, finalize};
 use super::rows::{CounterDeltas, NO_DEADLINE, ms, opt_ts, state, ts};
 use crate::model::{BatchId, ClaimedRequest, Finish, Outcome, RequestState};
 use crate::storage::{ClaimParams, Claimed, FinishReport, RescueParams, Result, StorageEvent};
@@ -59,10 +59,7 @@ pub(super) async fn claim_many(s: &SqliteStorage, p: ClaimParams) -> Result<Clai
 }
 
 /// Reads what the executor needs for the just-claimed rows and moves the batch counters.
-async fn load_claimed(
-    tx: &mut SqliteConnection,
-    ids: &[i64],
-) -> Result<Vec<ClaimedRequest>> {
+async fn load_claimed(tx: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<ClaimedRequest>> {
     let json = serde_json::to_string(ids).expect("ids serialize");
     let rows = sqlx::query(
         "SELECT r.id, r.lease, r.batch_seq, b.id AS batch_id, r.line, t.custom_id, t.url, \
@@ -156,7 +153,7 @@ fn finish_row(f: &Finish) -> FinishRow<'_> {
         Outcome::Released => row.set = 0,
         Outcome::Cancelled => {
             row.error_code = Some("batch_cancelled");
-            row.error_message = Some("The batch was cancelled before this request finished.");
+            row.error_message = Some(CANCELLED_MESSAGE);
         }
     }
     row
@@ -193,7 +190,7 @@ FROM json_each(?1) AS f
 WHERE requests.id = (f.value ->> 'id')
   AND requests.state = 'running'
   AND requests.lease = (f.value ->> 'lease')
-RETURNING requests.batch_seq, requests.state
+RETURNING requests.id, requests.batch_seq, requests.state
 "#,
     )
     .bind(json)
@@ -201,10 +198,15 @@ RETURNING requests.batch_seq, requests.state
     .fetch_all(&mut *tx)
     .await?;
     let mut deltas = CounterDeltas::default();
+    let mut requeued = Vec::new();
     for r in &applied {
         let to = state(r.try_get::<&str, _>("state")?)?;
         deltas.moved(r.try_get("batch_seq")?, RequestState::Running, to, 1);
+        if to == RequestState::Pending {
+            requeued.push(r.try_get::<i64, _>("id")?);
+        }
     }
+    cancel_requeued_of_cancelling(&mut tx, &requeued, now, &mut deltas).await?;
     let finished_batches = finalize(&mut tx, &deltas, now).await?;
     tx.commit().await?;
     if finishes
@@ -221,6 +223,37 @@ RETURNING requests.batch_seq, requests.state
         stale: (finishes.len() - applied.len()) as u64,
         finished_batches,
     })
+}
+
+/// A retried or released request whose batch is being cancelled must not run again: it is
+/// cancelled, like the batch's other pending requests were.
+async fn cancel_requeued_of_cancelling(
+    tx: &mut SqliteConnection,
+    ids: &[i64],
+    now: crate::model::Timestamp,
+    deltas: &mut CounterDeltas,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let json = serde_json::to_string(ids).expect("ids serialize");
+    let cancelled: Vec<i64> = sqlx::query_scalar(
+        "UPDATE requests SET state = 'cancelled', finished_at = ?2, not_before = NULL, \
+             error_code = 'batch_cancelled', error_message = ?3, status_code = NULL, \
+             response = NULL \
+         WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending' \
+           AND (SELECT status FROM batches b WHERE b.seq = requests.batch_seq) = 'cancelling' \
+         RETURNING batch_seq",
+    )
+    .bind(json)
+    .bind(ms(now))
+    .bind(CANCELLED_MESSAGE)
+    .fetch_all(&mut *tx)
+    .await?;
+    for seq in cancelled {
+        deltas.moved(seq, RequestState::Pending, RequestState::Cancelled, 1);
+    }
+    Ok(())
 }
 
 pub(super) async fn rescue_stale(s: &SqliteStorage, p: RescueParams) -> Result<u64> {
@@ -242,6 +275,12 @@ pub(super) async fn rescue_stale(s: &SqliteStorage, p: RescueParams) -> Result<u
                  = 'cancelling' THEN 'cancelled' ELSE 'pending' END, \
              finished_at = CASE WHEN (SELECT status FROM batches b \
                  WHERE b.seq = requests.batch_seq) = 'cancelling' THEN ?1 END, \
+             error_code = CASE WHEN (SELECT status FROM batches b \
+                 WHERE b.seq = requests.batch_seq) = 'cancelling' \
+                 THEN 'batch_cancelled' ELSE error_code END, \
+             error_message = CASE WHEN (SELECT status FROM batches b \
+                 WHERE b.seq = requests.batch_seq) = 'cancelling' \
+                 THEN ?2 ELSE error_message END, \
              daemon_id = NULL, lease = NULL, started_at = NULL \
          WHERE state = 'running' \
            AND (daemon_id IS NULL OR daemon_id NOT IN \
@@ -249,6 +288,7 @@ pub(super) async fn rescue_stale(s: &SqliteStorage, p: RescueParams) -> Result<u
          RETURNING batch_seq, state",
     )
     .bind(now)
+    .bind(CANCELLED_MESSAGE)
     .fetch_all(&mut *tx)
     .await?;
     let mut deltas = CounterDeltas::default();
