@@ -6,7 +6,9 @@
 //!
 //! - [`model`]: the domain nouns (files, batches, requests, daemons) and the request state
 //!   machine. Imports nothing else of the crate.
+//! - [`config`]: the daemon's configuration, with defaults and validation.
 //! - [`input`]: streaming parser and validator of JSONL input files.
+//! - [`ingest`]: an input file from any async reader into storage, streamed.
 //! - [`storage`]: the `Storage` trait, the only place SQL lives, with its SQLite backend.
 //! - [`upstream`]: the HTTP client that sends one request to an upstream server.
 //! - [`daemon`]: scheduler → executor → completer, plus heartbeats, rescue and expiry.
@@ -15,13 +17,18 @@
 
 pub mod config;
 pub mod daemon;
+pub mod ingest;
 pub mod input;
 pub mod model;
+pub mod output;
 pub mod storage;
 pub mod upstream;
 
 pub use config::DaemonConfig;
 pub use daemon::Daemon;
 pub use storage::{Storage, StorageError};
-pub mod ingest;
-pub mod output;
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
