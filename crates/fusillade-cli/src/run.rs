@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -252,6 +253,7 @@ async fn drive(
     let mut config = engine.config;
     config.exclusive = true;
     let daemon = Daemon::new(storage.clone(), config, engine.upstreams)?;
+    let stats = daemon.stats();
     let token = CancellationToken::new();
     let mut daemon_task = tokio::spawn(daemon.run(token.clone()));
     let mut progress = Progress::new(batch, quiet);
@@ -282,6 +284,14 @@ async fn drive(
         None => daemon_task.await,
     };
     result.context("the daemon task panicked")??;
+    let commits = stats.commits.load(Ordering::Relaxed);
+    let finished = stats.finished.load(Ordering::Relaxed);
+    if !quiet && finished > 0 {
+        eprintln!(
+            "Engine: {commits} database commits for {finished} outcomes ({:.4} commits per request).",
+            commits as f64 / finished as f64
+        );
+    }
     if let Some(mock) = engine.mock {
         mock.shutdown().await;
     }

@@ -12,23 +12,38 @@ use super::error_backoff;
 use super::state::Shared;
 use crate::model::Finish;
 
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Finish>) {
-    let mut buffer: Vec<Finish> = Vec::with_capacity(shared.config.flush_max);
-    while let Some(first) = rx.recv().await {
-        buffer.push(first);
-        collect(&shared, &mut rx, &mut buffer).await;
-        flush(&shared, &buffer).await;
-        buffer.clear();
+/// Outcomes waiting to be written, with the model of each.
+#[derive(Default)]
+struct Group {
+    finishes: Vec<Finish>,
+    models: Vec<String>,
+}
+
+impl Group {
+    fn push(&mut self, (finish, model): (Finish, String)) {
+        self.finishes.push(finish);
+        self.models.push(model);
     }
 }
 
-/// Adds outcomes to `buffer` until it is full or the flush interval since the first one ends.
-async fn collect(shared: &Shared, rx: &mut mpsc::Receiver<Finish>, buffer: &mut Vec<Finish>) {
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Finish, String)>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = Group::default();
+        group.push(first);
+        collect(&shared, &mut rx, &mut group).await;
+        let _serialised = shared.claim_flush.lock().await;
+        flush(&shared, &group.finishes).await;
+        shared.flushed(group.models.iter().map(String::as_str));
+    }
+}
+
+/// Adds outcomes to `group` until it is full or the flush interval since the first one ends.
+async fn collect(shared: &Shared, rx: &mut mpsc::Receiver<(Finish, String)>, group: &mut Group) {
     let deadline = Instant::now() + shared.config.flush_interval;
-    while buffer.len() < shared.config.flush_max {
+    while group.finishes.len() < shared.config.flush_max {
         tokio::select! {
             item = rx.recv() => match item {
-                Some(f) => buffer.push(f),
+                Some(item) => group.push(item),
                 None => return,
             },
             _ = sleep_until(deadline) => return,

@@ -3,6 +3,7 @@
 //! fallback).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::broadcast::error::RecvError;
@@ -43,6 +44,7 @@ async fn tick(shared: &Shared, last_heartbeat: &mut Instant) -> crate::storage::
             .daemon_heartbeat(&shared.daemon_id, now, finished)
             .await?;
         *last_heartbeat = Instant::now();
+        shared.stats.commits.fetch_add(2, Ordering::Relaxed);
         let stale = chrono::Duration::from_std(shared.config.stale_after).expect("duration");
         let rescued = storage
             .request_rescue_stale(RescueParams {
@@ -55,7 +57,9 @@ async fn tick(shared: &Shared, last_heartbeat: &mut Instant) -> crate::storage::
             tracing::warn!(rescued, "requests of a silent daemon returned to pending");
         }
     }
-    for batch in storage.batch_expire_due(now).await? {
+    let expired = storage.batch_expire_due(now).await?;
+    shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+    for batch in expired {
         tracing::info!(batch_id = %batch, "batch expired");
         shared.cancel_batch(&batch);
     }

@@ -34,7 +34,11 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<DaemonStats>,
     /// Wakes the scheduler: a slot was freed or new work may exist.
     pub(crate) wake: Notify,
+    /// Serialises claims with flushes, so a claim never counts a finished request both as
+    /// running in the database and as unflushed here.
+    pub(crate) claim_flush: tokio::sync::Mutex<()>,
     in_flight: Mutex<HashMap<String, u32>>,
+    unflushed: Mutex<HashMap<String, u32>>,
     cancels: Mutex<HashMap<BatchId, (CancellationToken, u32)>>,
 }
 
@@ -46,7 +50,9 @@ impl Shared {
             daemon_id: id,
             stats: Arc::new(DaemonStats::default()),
             wake: Notify::new(),
+            claim_flush: tokio::sync::Mutex::new(()),
             in_flight: Mutex::new(HashMap::new()),
+            unflushed: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
         }
     }
@@ -76,7 +82,19 @@ impl Shared {
             .fetch_add(u64::from(n), Ordering::Relaxed);
     }
 
-    /// One call of `model` ended: its slot is free. Wakes the scheduler.
+    /// A call of `model` has an outcome about to be queued for writing. Counted before it is
+    /// queued, so the completer can never write it before it is counted.
+    pub(crate) fn outcome_ready(&self, model: &str) {
+        *self
+            .unflushed
+            .lock()
+            .expect("unflushed lock")
+            .entry(model.to_string())
+            .or_insert(0) += 1;
+    }
+
+    /// One call of `model` ended and its outcome is queued: its slot is free. Wakes the
+    /// scheduler.
     pub(crate) fn end_call(&self, model: &str) {
         if let Some(n) = self
             .in_flight
@@ -88,6 +106,22 @@ impl Shared {
         }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.wake.notify_one();
+    }
+
+    /// Outcomes of `model` queued but not written yet.
+    pub(crate) fn unflushed(&self, model: &str) -> u32 {
+        let map = self.unflushed.lock().expect("unflushed lock");
+        map.get(model).copied().unwrap_or(0)
+    }
+
+    /// Outcomes of these models were written.
+    pub(crate) fn flushed<'a>(&self, models: impl Iterator<Item = &'a str>) {
+        let mut map = self.unflushed.lock().expect("unflushed lock");
+        for model in models {
+            if let Some(n) = map.get_mut(model) {
+                *n = n.saturating_sub(1);
+            }
+        }
     }
 
     /// The cancellation token of `batch`, counted as used by one more call.

@@ -10,6 +10,8 @@
 //! the database URL ([`open`]), and dynamic dispatch costs nothing measurable next to a database
 //! round trip, while keeping the daemon, the server and the CLI free of generics.
 
+pub mod postgres;
+pub(crate) mod shared;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -166,7 +168,7 @@ pub struct BatchList {
 pub enum ResultFilter {
     /// The output file: completed requests.
     Output,
-    /// The error file: failed and expired requests.
+    /// The error file: failed, expired and cancelled requests.
     Errors,
     /// Requests in one state.
     State(RequestState),
@@ -219,8 +221,14 @@ pub struct ResultRow {
 pub struct ModelClaim {
     /// `body.model`.
     pub model: String,
-    /// Most requests to lease for it now (free slots).
+    /// Most requests to lease for it now: this process's free slots.
     pub max: u32,
+    /// The model's concurrency limit across every process on the database. Backends shared by
+    /// several processes lease at most `limit` minus what is running anywhere.
+    pub limit: u32,
+    /// Requests of this process that finished but whose outcome is not written yet: they still
+    /// look running in the database but hold no slot.
+    pub unflushed: u32,
 }
 
 /// Parameters of `request_claim_many`.
@@ -356,9 +364,8 @@ pub trait Storage: Send + Sync + 'static {
 /// Opens the backend named by `url`: `sqlite://path`, a bare path, or `postgres://…`.
 pub async fn open(url: &str) -> Result<Arc<dyn Storage>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StorageError::Config(
-            "the PostgreSQL backend is not available in this build yet".into(),
-        ));
+        let storage = postgres::PostgresStorage::open(url, true).await?;
+        return Ok(Arc::new(storage));
     }
     let path = url.strip_prefix("sqlite://").unwrap_or(url);
     let storage = sqlite::SqliteStorage::open(std::path::Path::new(path)).await?;

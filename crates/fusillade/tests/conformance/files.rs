@@ -64,11 +64,12 @@ pub async fn file_templates_read_back_in_line_order(s: Arc<dyn Storage>) {
 }
 
 /// A bad line after thousands of good ones rejects the whole upload and leaves no trace.
+/// 5,000 padded lines (~1 MB) span several read chunks, so backends that stage inserts in
+/// batches of a few thousand rows have staged some before the bad line arrives.
 pub async fn file_upload_with_bad_line_stores_nothing(s: Arc<dyn Storage>) {
-    // Padded lines so the good part spans several read chunks and several insert batches.
     let pad = "x".repeat(150);
     let mut content = String::new();
-    for i in 1..=3000 {
+    for i in 1..=5000 {
         let b = format!(r#"{{"model":"m","messages":[],"pad":"{pad}"}}"#);
         content.push_str(&line_raw(&format!("req-{i}"), CHAT, &b));
         content.push('\n');
@@ -79,7 +80,7 @@ pub async fn file_upload_with_bad_line_stores_nothing(s: Arc<dyn Storage>) {
 
     let err = upload(s.as_ref(), ALICE, &content, t(0)).await.unwrap_err();
     match err {
-        StorageError::Rejected(e) => assert_eq!(e.line, Some(3001), "wrong line: {e}"),
+        StorageError::Rejected(e) => assert_eq!(e.line, Some(5001), "wrong line: {e}"),
         other => panic!("expected Rejected, got {other:?}"),
     }
     let all = s

@@ -18,6 +18,8 @@ fn models(claims: &[(&str, u32)]) -> Vec<ModelClaim> {
         .map(|(model, max)| ModelClaim {
             model: model.to_string(),
             max: *max,
+            limit: u32::MAX,
+            unflushed: 0,
         })
         .collect()
 }

@@ -5,19 +5,14 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use super::SqliteStorage;
 use super::files::{scope_binds, visible_seq};
 use super::rows::{
-    BATCH_COLUMNS, CounterDeltas, NO_DEADLINE, batch_from_row, finalize_batches, ms, state,
+    BATCH_COLUMNS, NO_DEADLINE, apply_deltas, batch_from_row, finalize_batches, ms, state,
 };
 use crate::model::{Batch, BatchId, BatchStatus, FileId, FilePurpose, RequestState, Timestamp};
+use crate::storage::shared::{CANCELLED_MESSAGE, CounterDeltas, EXPIRED_MESSAGE};
 use crate::storage::{
     BatchCreate, BatchList, Page, Result, ResultFilter, ResultPage, ResultRow, Scope, StorageError,
     StorageEvent,
 };
-
-/// The message every expired request carries, as OpenAI words it.
-pub(super) const EXPIRED_MESSAGE: &str =
-    "This request could not be executed before the completion window expired.";
-/// The message every cancelled request carries (code `batch_cancelled`).
-pub(super) const CANCELLED_MESSAGE: &str = "The batch was cancelled before this request finished.";
 
 pub(super) async fn create(s: &SqliteStorage, p: BatchCreate) -> Result<Batch> {
     let (file_seq, purpose) = visible_seq(s, &Scope::Tenant(p.owner.clone()), &p.input_file_id)
@@ -295,7 +290,7 @@ pub(super) async fn expire_due(s: &SqliteStorage, now: Timestamp) -> Result<Vec<
             .execute(&mut *tx)
             .await?;
     }
-    deltas.apply(&mut tx).await?;
+    apply_deltas(&mut tx, &deltas).await?;
     tx.commit().await?;
     let expired: Vec<BatchId> = due
         .into_iter()
@@ -440,6 +435,6 @@ pub(super) async fn finalize(
     deltas: &CounterDeltas,
     now: Timestamp,
 ) -> Result<Vec<BatchId>> {
-    deltas.apply(conn).await?;
+    apply_deltas(conn, deltas).await?;
     finalize_batches(conn, deltas.seqs(), now).await
 }

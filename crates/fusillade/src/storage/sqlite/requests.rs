@@ -2,13 +2,13 @@
 //! by dead daemons.
 
 use rand::Rng;
-use serde::Serialize;
 use sqlx::{Row, SqliteConnection};
 
 use super::SqliteStorage;
-use super::batches::{CANCELLED_MESSAGE, finalize};
-use super::rows::{CounterDeltas, NO_DEADLINE, ms, opt_ts, state, ts};
-use crate::model::{BatchId, ClaimedRequest, Finish, Outcome, RequestState};
+use super::batches::finalize;
+use super::rows::{NO_DEADLINE, apply_deltas, ms, opt_ts, state, ts};
+use crate::model::{BatchId, ClaimedRequest, Finish, RequestState};
+use crate::storage::shared::{CANCELLED_MESSAGE, CounterDeltas, FinishRow};
 use crate::storage::{ClaimParams, Claimed, FinishReport, RescueParams, Result, StorageEvent};
 
 pub(super) async fn claim_many(s: &SqliteStorage, p: ClaimParams) -> Result<Claimed> {
@@ -96,67 +96,8 @@ async fn load_claimed(tx: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<Clai
             deadline: (deadline != NO_DEADLINE).then(|| ts(deadline)),
         });
     }
-    deltas.apply(tx).await?;
+    apply_deltas(tx, &deltas).await?;
     Ok(out)
-}
-
-/// One outcome as the finish statement reads it from its JSON parameter.
-#[derive(Serialize)]
-struct FinishRow<'a> {
-    id: i64,
-    lease: i64,
-    state: &'static str,
-    not_before: Option<i64>,
-    charge: i64,
-    /// 1 when the outcome replaces the stored result fields below.
-    set: i64,
-    status_code: Option<u16>,
-    response: Option<&'a str>,
-    upstream_request_id: Option<&'a str>,
-    error_code: Option<&'a str>,
-    error_message: Option<&'a str>,
-}
-
-fn finish_row(f: &Finish) -> FinishRow<'_> {
-    let mut row = FinishRow {
-        id: f.id,
-        lease: f.lease,
-        state: f.outcome.next_state().as_str(),
-        not_before: None,
-        charge: i64::from(f.outcome.charges_attempt()),
-        set: 1,
-        status_code: None,
-        response: None,
-        upstream_request_id: None,
-        error_code: None,
-        error_message: None,
-    };
-    match &f.outcome {
-        Outcome::Completed {
-            status_code,
-            body,
-            upstream_request_id,
-        } => {
-            row.status_code = Some(*status_code);
-            row.response = Some(body);
-            row.upstream_request_id = upstream_request_id.as_deref();
-        }
-        Outcome::Failed(e) | Outcome::Retry { error: e, .. } => {
-            row.status_code = e.status_code;
-            row.response = e.body.as_deref();
-            row.error_code = Some(&e.code);
-            row.error_message = Some(&e.message);
-            if let Outcome::Retry { not_before, .. } = &f.outcome {
-                row.not_before = Some(ms(*not_before));
-            }
-        }
-        Outcome::Released => row.set = 0,
-        Outcome::Cancelled => {
-            row.error_code = Some("batch_cancelled");
-            row.error_message = Some(CANCELLED_MESSAGE);
-        }
-    }
-    row
 }
 
 pub(super) async fn finish_many(
@@ -167,7 +108,7 @@ pub(super) async fn finish_many(
     if finishes.is_empty() {
         return Ok(FinishReport::default());
     }
-    let rows: Vec<FinishRow<'_>> = finishes.iter().map(finish_row).collect();
+    let rows: Vec<FinishRow<'_>> = finishes.iter().map(FinishRow::new).collect();
     let json = serde_json::to_string(&rows).expect("finish rows serialize");
     let mut tx = s.writer.begin().await?;
     let applied = sqlx::query(

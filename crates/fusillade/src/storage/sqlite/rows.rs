@@ -1,9 +1,6 @@
 //! Conversions between SQLite rows and domain types, and the shared batch-counter update.
 
-use std::collections::BTreeMap;
-
 use chrono::{TimeZone, Utc};
-use serde::Serialize;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
@@ -11,6 +8,7 @@ use crate::model::{
     Batch, BatchError, BatchId, BatchStatus, File, FileId, FilePurpose, RequestCounts,
     RequestState, Timestamp,
 };
+use crate::storage::shared::CounterDeltas;
 use crate::storage::{Result, StorageError};
 
 /// Milliseconds since the epoch.
@@ -107,59 +105,18 @@ pub(super) fn batch_from_row(row: &SqliteRow) -> Result<Batch> {
     })
 }
 
-/// Changes to one batch's counters, accumulated over a transaction's row changes.
-#[derive(Debug, Default, Serialize)]
-pub(super) struct CounterDelta {
-    seq: i64,
-    pending: i64,
-    running: i64,
-    completed: i64,
-    failed: i64,
-    cancelled: i64,
-    expired: i64,
-}
-
-impl CounterDelta {
-    fn slot(&mut self, state: RequestState) -> &mut i64 {
-        match state {
-            RequestState::Pending => &mut self.pending,
-            RequestState::Running => &mut self.running,
-            RequestState::Completed => &mut self.completed,
-            RequestState::Failed => &mut self.failed,
-            RequestState::Cancelled => &mut self.cancelled,
-            RequestState::Expired => &mut self.expired,
-        }
+/// Applies every counter delta in one statement.
+pub(super) async fn apply_deltas(
+    conn: &mut SqliteConnection,
+    deltas: &CounterDeltas,
+) -> Result<()> {
+    if deltas.is_empty() {
+        return Ok(());
     }
-}
-
-/// Counter deltas of many batches, keyed by batch seq.
-#[derive(Debug, Default)]
-pub(super) struct CounterDeltas(BTreeMap<i64, CounterDelta>);
-
-impl CounterDeltas {
-    /// Records `n` requests of batch `seq` moving from `from` to `to`.
-    pub(super) fn moved(&mut self, seq: i64, from: RequestState, to: RequestState, n: i64) {
-        let delta = self.0.entry(seq).or_insert_with(|| CounterDelta {
-            seq,
-            ..CounterDelta::default()
-        });
-        *delta.slot(from) -= n;
-        *delta.slot(to) += n;
-    }
-
-    pub(super) fn seqs(&self) -> impl Iterator<Item = i64> + '_ {
-        self.0.keys().copied()
-    }
-
-    /// Applies every delta in one statement.
-    pub(super) async fn apply(&self, conn: &mut SqliteConnection) -> Result<()> {
-        if self.0.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<&CounterDelta> = self.0.values().collect();
-        let json = serde_json::to_string(&rows).expect("counter deltas serialize");
-        sqlx::query(
-            r#"
+    let rows: Vec<_> = deltas.deltas().collect();
+    let json = serde_json::to_string(&rows).expect("counter deltas serialize");
+    sqlx::query(
+        r#"
 UPDATE batches SET
     pending   = pending   + (d.value ->> 'pending'),
     running   = running   + (d.value ->> 'running'),
@@ -170,22 +127,20 @@ UPDATE batches SET
 FROM json_each(?1) AS d
 WHERE batches.seq = (d.value ->> 'seq')
 "#,
-        )
-        .bind(json)
-        .execute(conn)
-        .await?;
-        Ok(())
-    }
+    )
+    .bind(json)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Moves batches among `seqs` that have nothing pending or running to their final status
 /// (`in_progress` → `completed`, `cancelling` → `cancelled`). Returns the batches finished.
 pub(super) async fn finalize_batches(
     conn: &mut SqliteConnection,
-    seqs: impl Iterator<Item = i64>,
+    seqs: Vec<i64>,
     now: Timestamp,
 ) -> Result<Vec<BatchId>> {
-    let seqs: Vec<i64> = seqs.collect();
     if seqs.is_empty() {
         return Ok(Vec::new());
     }

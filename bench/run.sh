@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# End-to-end throughput benchmark: `fusillade run` on an N-line file against
+# `fusillade mock-upstream` at zero latency, next to wrk against the same mock at the same
+# concurrency (the HTTP ceiling). Prints a Markdown table row for BENCHMARKS.md.
+#
+#   bench/run.sh [LINES] [TOTAL_CONCURRENCY]      (defaults: 100000 256)
+#   DATABASE=postgres://... bench/run.sh           (PostgreSQL instead of SQLite)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINES=${1:-100000}
+CONC=${2:-256}
+MODELS=4
+PORT=${PORT:-18080}
+cargo build --release -q -p fusillade-cli
+BIN=$PWD/target/release/fusillade
+WORK=$(mktemp -d)
+trap 'kill $MOCK 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+python3 bench/gen.py "$LINES" "$MODELS" > "$WORK/in.jsonl"
+"$BIN" mock-upstream --listen "127.0.0.1:$PORT" 2>/dev/null &
+MOCK=$!
+for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+
+WRK=$(wrk -t1 -c"$CONC" -d10s -s bench/post.lua "http://127.0.0.1:$PORT/v1/chat/completions" \
+  | awk '/Requests\/sec/ {print $2}')
+curl -sf -X POST "http://127.0.0.1:$PORT/stats/reset" >/dev/null
+
+DB_ARGS=()
+if [ -n "${DATABASE:-}" ]; then DB_ARGS=(--database "$DATABASE"); fi
+/usr/bin/time -v "$BIN" run "$WORK/in.jsonl" --upstream "http://127.0.0.1:$PORT" \
+  --concurrency $((CONC / MODELS)) "${DB_ARGS[@]}" 2> "$WORK/run.log" >/dev/null
+RATE=$(grep -oE '[0-9]+ requests/s\)' "$WORK/run.log" | grep -oE '^[0-9]+')
+WALL=$(grep 'Elapsed (wall clock)' "$WORK/run.log" | awk '{print $NF}')
+RSS_MB=$(( $(grep 'Maximum resident' "$WORK/run.log" | awk '{print $NF}') / 1024 ))
+COMMITS=$(grep -oE '[0-9.]+ commits per request' "$WORK/run.log" | awk '{print $1}')
+SERVED=$(curl -sf "http://127.0.0.1:$PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests_total"])')
+RATIO=$(python3 -c "print(f'{$RATE/$WRK:.2f}')")
+echo "| ${DATABASE:+postgres}${DATABASE:-sqlite} | $LINES | $CONC | $RATE | $WRK | $RATIO | $COMMITS | $RSS_MB | $WALL | $SERVED |"
