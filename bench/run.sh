@@ -35,4 +35,5 @@ RSS_MB=$(( $(grep 'Maximum resident' "$WORK/run.log" | awk '{print $NF}') / 1024
 COMMITS=$(grep -oE '[0-9.]+ commits per request' "$WORK/run.log" | awk '{print $1}')
 SERVED=$(curl -sf "http://127.0.0.1:$PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests_total"])')
 RATIO=$(python3 -c "print(f'{$RATE/$WRK:.2f}')")
-echo "| ${DATABASE:+postgres}${DATABASE:-sqlite} | $LINES | $CONC | $RATE | $WRK | $RATIO | $COMMITS | $RSS_MB | $WALL | $SERVED |"
+BACKEND=sqlite; [ -n "${DATABASE:-}" ] && BACKEND=postgres
+echo "| $BACKEND | $LINES | $CONC | $RATE | $WRK | $RATIO | $COMMITS | $RSS_MB | $WALL | $SERVED |"
