@@ -48,6 +48,10 @@ pub struct EngineArgs {
     /// Seconds to wait for response headers [default: 600].
     #[arg(long, env = "FUSILLADE_REQUEST_TIMEOUT")]
     pub request_timeout: Option<u64>,
+    /// Seconds without a heartbeat after which a daemon counts as dead and its requests are
+    /// taken over by others [default: 10].
+    #[arg(long, env = "FUSILLADE_STALE_AFTER")]
+    pub stale_after: Option<u64>,
     /// TOML file with defaults for these options and per-model settings.
     #[arg(long, env = "FUSILLADE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -87,6 +91,9 @@ pub struct WorkerArgs {
     /// Database URL: `sqlite://PATH`, a path, or `postgres://…`.
     #[arg(long, env = "FUSILLADE_DATABASE", default_value = "fusillade.db")]
     pub database: String,
+    /// Do not apply database migrations at start (run `fusillade migrate` instead).
+    #[arg(long, env = "FUSILLADE_SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
     /// Engine options.
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -12,7 +12,7 @@ use crate::signals;
 /// `fusillade worker`: the daemon alone, until a signal.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<i32> {
     let file = FileConfig::load(args.engine.config.as_deref())?;
-    let storage = storage::open(&args.database)
+    let storage = storage::open_with(&args.database, !args.skip_migrations)
         .await
         .with_context(|| format!("cannot open database {}", args.database))?;
     let engine = engine::resolve(&args.engine, &file).await?;

@@ -28,6 +28,8 @@ pub struct FileConfig {
     pub max_attempts: Option<u32>,
     /// Seconds to wait for response headers.
     pub request_timeout: Option<u64>,
+    /// Seconds of silence after which a daemon counts as dead.
+    pub stale_after: Option<u64>,
     /// `run`: completion window.
     pub completion_window: Option<String>,
     /// Database URL.
@@ -83,6 +85,10 @@ pub async fn resolve(args: &EngineArgs, file: &FileConfig) -> anyhow::Result<Eng
     if let Some(secs) = args.request_timeout.or(file.request_timeout) {
         config.http.first_byte_timeout = Duration::from_secs(secs);
         config.http.total_timeout = config.http.total_timeout.max(Duration::from_secs(secs));
+    }
+    if let Some(secs) = args.stale_after.or(file.stale_after) {
+        config.stale_after = Duration::from_secs(secs.max(1));
+        config.heartbeat_interval = config.stale_after / 5;
     }
     for (model, m) in &file.models {
         if let Some(n) = m.concurrency {

@@ -13,7 +13,7 @@ const READ_CHUNK: usize = 256 * 1024;
 
 /// Where the upload stream is.
 enum State<R> {
-    Reading(R, InputParser, Vec<u8>),
+    Reading(R, Box<InputParser>, Vec<u8>),
     /// The last templates went out; the summary follows.
     Summary(crate::input::InputSummary),
     Ended,
@@ -24,7 +24,8 @@ pub fn upload_stream<'a, R>(reader: R, limits: InputLimits) -> UploadStream<'a>
 where
     R: AsyncRead + Send + Unpin + 'a,
 {
-    let start = State::Reading(reader, InputParser::new(limits), vec![0u8; READ_CHUNK]);
+    let parser = Box::new(InputParser::new(limits));
+    let start = State::Reading(reader, parser, vec![0u8; READ_CHUNK]);
     Box::pin(stream::unfold(start, |state| async move {
         match state {
             State::Ended => None,
@@ -39,7 +40,7 @@ type Step<R> = (Result<UploadItem, InputError>, State<R>);
 /// Reads until at least one line completes, the input ends, or an error.
 async fn read_more<R: AsyncRead + Unpin>(
     mut reader: R,
-    mut parser: InputParser,
+    mut parser: Box<InputParser>,
     mut buf: Vec<u8>,
 ) -> Step<R> {
     loop {

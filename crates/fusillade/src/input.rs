@@ -272,7 +272,7 @@ fn validate_line(text: &str, line: u64, limits: &InputLimits) -> Result<NewTempl
         ));
     }
     let url = string_field(raw.url, "url", line)?;
-    if !limits.allowed_urls.iter().any(|u| *u == url) {
+    if !limits.allowed_urls.contains(&url) {
         return Err(InputError::at(
             line,
             format!(

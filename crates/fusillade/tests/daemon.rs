@@ -1,7 +1,8 @@
 //! Daemon tests: real SQLite storage, the real daemon and a real upstream over loopback HTTP.
 //!
 //! - `outcomes`: what one request ends as (success, retries, 429s, 4xx, timeouts, limits).
-//! - `lifecycle`: cancellation, expiry, graceful shutdown, drain deadline, crash recovery.
+//! - `lifecycle`: cancellation, wake-ups, heartbeats, expiry, graceful shutdown, drain
+//!   deadline, crash recovery.
 //! - `upstream`: headers, secrets, base URL forms and `Retry-After` parsing.
 
 mod daemon_support;

@@ -14,11 +14,14 @@ use super::state::Shared;
 use crate::model::BatchStatus;
 use crate::storage::{RescueParams, StorageEvent};
 
-/// How often deadlines and cancellations are checked.
+/// Longest time between two checks of deadlines and cancellations.
 const TICK: Duration = Duration::from_millis(500);
 
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut ticker = interval(TICK);
+    // Ticking at half the heartbeat interval keeps heartbeats at most 1.5 intervals apart; with
+    // a fixed 500 ms tick a 100 ms heartbeat came every 500 ms, past a valid 250 ms stale_after.
+    let period = TICK.min(shared.config.heartbeat_interval / 2);
+    let mut ticker = interval(period.max(Duration::from_millis(1)));
     let mut last_heartbeat = Instant::now();
     loop {
         tokio::select! {

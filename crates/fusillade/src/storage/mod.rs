@@ -361,10 +361,17 @@ pub trait Storage: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<StorageEvent>;
 }
 
-/// Opens the backend named by `url`: `sqlite://path`, a bare path, or `postgres://…`.
+/// Opens the backend named by `url`: `sqlite://path`, a bare path, or `postgres://…`, and
+/// applies migrations.
 pub async fn open(url: &str) -> Result<Arc<dyn Storage>> {
+    open_with(url, true).await
+}
+
+/// Like [`open`]; `migrate: false` leaves a PostgreSQL schema as it is (for deployments that run
+/// `fusillade migrate` separately). SQLite, used by one process, always migrates.
+pub async fn open_with(url: &str, migrate: bool) -> Result<Arc<dyn Storage>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let storage = postgres::PostgresStorage::open(url, true).await?;
+        let storage = postgres::PostgresStorage::open(url, migrate).await?;
         return Ok(Arc::new(storage));
     }
     let path = url.strip_prefix("sqlite://").unwrap_or(url);

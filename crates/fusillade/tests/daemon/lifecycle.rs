@@ -1,5 +1,6 @@
-//! Batch and daemon lifecycles: cancellation aborting calls, expiry keeping finished results,
-//! graceful shutdown draining, the drain deadline releasing calls, and crash recovery.
+//! Batch and daemon lifecycles: cancellation aborting calls, waking on a new batch, heartbeats,
+//! expiry keeping finished results, graceful shutdown draining, the drain deadline releasing
+//! calls, and crash recovery.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -28,13 +29,15 @@ fn slow(latency_ms: u64) -> MockConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_aborts_in_flight_calls_promptly() {
+    // Two calls hang at the mock; the other four wait for a slot.
     let mock = start_mock(hanging()).await;
     let store = Store::new().await;
     let reqs = requests(6, &["m1"]);
     let batch = store.batch(&reqs, None).await;
-    let daemon = Running::start(&store.storage, fast_config(), upstreams(&mock.base_url()));
+    let config = with_limits(fast_config(), &[("m1", 2)]);
+    let daemon = Running::start(&store.storage, config, upstreams(&mock.base_url()));
     wait_until("calls in flight at the mock", PATIENCE, || async {
-        mock_in_flight(&mock) > 0
+        mock_in_flight(&mock) == 2
     })
     .await;
 
@@ -56,14 +59,77 @@ async fn cancel_aborts_in_flight_calls_promptly() {
     .await;
     daemon.stop().await;
 
-    assert_eq!(done.counts.cancelled, 6);
-    assert_eq!(done.counts.running, 0);
+    assert_eq!(
+        mock.stats().requests_total,
+        2,
+        "queued requests are never sent"
+    );
+    assert_eq!((done.counts.cancelled, done.counts.running), (6, 0));
     for row in store.rows(&batch.id, ResultFilter::All).await {
         assert_eq!(row.state, RequestState::Cancelled, "{row:?}");
         assert_eq!(row.attempts, 0, "an aborted call is not charged: {row:?}");
     }
     assert!(store.file(&batch.id, ResultFile::Output).await.is_empty());
+    let errors = store.file(&batch.id, ResultFile::Errors).await;
+    assert_eq!(
+        custom_ids(&errors),
+        ids(&reqs),
+        "each custom_id once in the error file"
+    );
+    for line in &errors {
+        assert_eq!(line["error"]["code"], "batch_cancelled", "{line}");
+        assert!(line["response"].is_null(), "{line}");
+    }
     mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_batch_wakes_an_idle_daemon() {
+    let mock = start_mock(MockConfig::default()).await;
+    let store = Store::new().await;
+    let mut config = fast_config();
+    config.poll_interval = Duration::from_secs(60);
+    let daemon = Running::start(&store.storage, config, upstreams(&mock.base_url()));
+    // Once the daemon has heartbeated, its first claim found nothing long ago: only the
+    // batch-created event can start the work before the 60 s fallback poll.
+    wait_until("the daemon to heartbeat", PATIENCE, || async {
+        let daemons = store.storage.daemon_list().await.expect("daemons");
+        daemons.iter().any(|d| d.last_heartbeat > d.started_at)
+    })
+    .await;
+    let batch = store.batch(&requests(3, &["m1"]), None).await;
+    let done = store.wait_final(&batch.id, Duration::from_secs(10)).await;
+    daemon.stop().await;
+    assert_eq!(done.counts.completed, 3);
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_come_well_within_stale_after() {
+    let store = Store::new().await;
+    let mut config = fast_config();
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.stale_after = Duration::from_millis(400);
+    let stale = chrono::Duration::from_std(config.stale_after).expect("duration");
+    let daemon = Running::start(&store.storage, config, upstreams(&closed_port_url().await));
+    let deadline = Instant::now() + PATIENCE;
+    let mut beats = BTreeSet::new();
+    while beats.len() < 6 {
+        assert!(Instant::now() < deadline, "only {} heartbeats", beats.len());
+        let daemons = store.storage.daemon_list().await.expect("daemons");
+        let now = chrono::Utc::now();
+        if let [me] = daemons.as_slice() {
+            assert_eq!(me.status, "running");
+            let age = now - me.last_heartbeat;
+            assert!(
+                age < stale,
+                "silent for {age:?}: others would declare it dead"
+            );
+            beats.insert(me.last_heartbeat);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,12 +265,9 @@ async fn drain_deadline_releases_calls_for_the_next_run() {
     mock.shutdown().await;
 }
 
-/// Leases four of six requests to a daemon that died an hour ago, then runs a real daemon.
-async fn recovers_requests_of_a_dead_daemon(exclusive: bool) {
-    let mock = start_mock(MockConfig::default()).await;
-    let store = Store::new().await;
-    let reqs = requests(6, &["m1"]);
-    let batch = store.batch(&reqs, None).await;
+/// Registers a daemon whose last heartbeat was an hour ago and leases it `n` requests of `m1`,
+/// as if it had crashed mid-call.
+async fn lease_to_a_crashed_daemon(store: &Store, n: u32) -> DaemonId {
     let long_ago = chrono::Utc::now() - chrono::Duration::hours(1);
     let dead = DaemonRecord {
         id: DaemonId::generate(),
@@ -227,7 +290,9 @@ async fn recovers_requests_of_a_dead_daemon(exclusive: bool) {
         now: chrono::Utc::now(),
         models: vec![ModelClaim {
             model: "m1".into(),
-            max: 4,
+            max: n,
+            limit: n,
+            unflushed: 0,
         }],
     };
     let claimed = store
@@ -235,11 +300,26 @@ async fn recovers_requests_of_a_dead_daemon(exclusive: bool) {
         .request_claim_many(claim)
         .await
         .expect("claim");
-    assert_eq!(claimed.requests.len(), 4);
+    assert_eq!(claimed.requests.len(), n as usize);
+    dead.id
+}
+
+/// Leases four of six requests to a crashed daemon, then runs a real daemon: an exclusive one
+/// rescues them at start, another once it sees the heartbeat is stale.
+async fn recovers_requests_of_a_dead_daemon(exclusive: bool) {
+    let mock = start_mock(MockConfig::default()).await;
+    let store = Store::new().await;
+    let reqs = requests(6, &["m1"]);
+    let batch = store.batch(&reqs, None).await;
+    let dead = lease_to_a_crashed_daemon(&store, 4).await;
     assert_eq!(store.get(&batch.id).await.counts.running, 4);
 
     let mut config = fast_config();
     config.exclusive = exclusive;
+    if exclusive {
+        // Only the rescue at start can then free the leases.
+        config.stale_after = Duration::from_secs(24 * 3600);
+    }
     let daemon = Running::start(&store.storage, config, upstreams(&mock.base_url()));
     let done = store.wait_final(&batch.id, PATIENCE).await;
     daemon.stop().await;
@@ -254,7 +334,7 @@ async fn recovers_requests_of_a_dead_daemon(exclusive: bool) {
     let daemons = store.storage.daemon_list().await.expect("daemons");
     let record = daemons
         .iter()
-        .find(|d| d.id == dead.id)
+        .find(|d| d.id == dead)
         .expect("dead daemon listed");
     assert_eq!(record.status, "dead");
     mock.shutdown().await;

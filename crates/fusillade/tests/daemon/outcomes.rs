@@ -186,8 +186,11 @@ async fn retry_after_of_a_429_is_honoured() {
     let store = Store::new().await;
     let reqs = requests(5, &["m1"]);
     let batch = store.batch(&reqs, None).await;
+    let mut config = fast_config();
+    // The retry must wake the scheduler when it comes due, not wait for the fallback poll.
+    config.poll_interval = Duration::from_secs(60);
     let started = Instant::now();
-    let daemon = Running::start(&store.storage, fast_config(), upstreams(&mock.base_url()));
+    let daemon = Running::start(&store.storage, config, upstreams(&mock.base_url()));
     wait_until("every first attempt to get its 429", PATIENCE, || async {
         mock.stats().responses_rate_limited >= 5
     })

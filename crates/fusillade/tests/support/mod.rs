@@ -88,86 +88,9 @@ pub async fn sqlite_storage() -> Option<(Arc<dyn Storage>, Box<dyn Any + Send>)>
 /// `SKIPPED (no PostgreSQL)`) when the server is unreachable, unless
 /// `FUSILLADE_REQUIRE_POSTGRES=1`, which turns that into a failure.
 pub async fn postgres_storage() -> Option<(Arc<dyn Storage>, Box<dyn Any + Send>)> {
-    let db = pg::TestDatabase::create().await?;
+    let db = fusillade_testkit::TestDatabase::create().await?;
     let storage = fusillade::storage::postgres::PostgresStorage::open(&db.url, true)
         .await
         .expect("open PostgreSQL storage");
     Some((Arc::new(storage), Box::new(db)))
-}
-
-pub mod pg {
-    //! Throwaway PostgreSQL databases for tests.
-
-    use sqlx::{Connection, PgConnection};
-
-    /// The server tests use.
-    pub fn server_url() -> String {
-        std::env::var("FUSILLADE_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-    }
-
-    fn required() -> bool {
-        std::env::var("FUSILLADE_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
-    }
-
-    /// A database that exists until this value is dropped.
-    pub struct TestDatabase {
-        /// URL of the new database.
-        pub url: String,
-        name: String,
-    }
-
-    impl TestDatabase {
-        /// Creates a uniquely named database, or returns `None` if PostgreSQL is unreachable.
-        pub async fn create() -> Option<Self> {
-            let server = server_url();
-            let mut admin = match PgConnection::connect(&server).await {
-                Ok(c) => c,
-                Err(e) if !required() => {
-                    eprintln!("SKIPPED (no PostgreSQL at {server}: {e})");
-                    return None;
-                }
-                Err(e) => panic!(
-                    "PostgreSQL is required (FUSILLADE_REQUIRE_POSTGRES=1) but {server} is unreachable: {e}"
-                ),
-            };
-            let name = format!("fusillade_test_{:016x}", rand_suffix());
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut admin)
-                .await
-                .expect("create test database");
-            let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
-            Some(Self {
-                url: format!("{base}/{name}"),
-                name,
-            })
-        }
-    }
-
-    fn rand_suffix() -> u64 {
-        use std::hash::{BuildHasher, RandomState};
-        RandomState::new().hash_one(std::time::SystemTime::now())
-    }
-
-    impl Drop for TestDatabase {
-        fn drop(&mut self) {
-            let server = server_url();
-            let name = self.name.clone();
-            // Drop runs outside async context: use a short-lived runtime on its own thread.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                if let Ok(rt) = rt {
-                    rt.block_on(async {
-                        if let Ok(mut admin) = PgConnection::connect(&server).await {
-                            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                            let _ = sqlx::query(&sql).execute(&mut admin).await;
-                        }
-                    });
-                }
-            })
-            .join();
-        }
-    }
 }
