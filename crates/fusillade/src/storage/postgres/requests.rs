@@ -5,7 +5,7 @@ use rand::Rng;
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::events::notify;
-use super::rows::{NO_DEADLINE, apply_and_finalize, ms, state};
+use super::rows::{NO_DEADLINE, apply_and_finalize, apply_deltas, ms, state};
 use crate::model::{BatchId, ClaimedRequest, Finish, RequestState, Timestamp};
 use crate::storage::shared::{CANCELLED_CODE, CANCELLED_MESSAGE, CounterDeltas, FinishRow};
 use crate::storage::{
@@ -26,32 +26,11 @@ pub(super) async fn claim_many(pool: &PgPool, p: ClaimParams) -> Result<Claimed>
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let mut ids: Vec<i64> = Vec::new();
-    for m in p.models.iter().filter(|m| m.max > 0) {
-        let n = global_free(&mut tx, m).await?;
-        if n == 0 {
-            continue;
-        }
-        let mut claimed: Vec<i64> = sqlx::query_scalar(
-            "UPDATE requests SET state = 'running', daemon_id = $1, lease = $2, started_at = $3 \
-             WHERE id IN (SELECT id FROM requests \
-                 WHERE state = 'pending' AND not_before IS NULL AND model = $4 \
-                 ORDER BY deadline, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
-             RETURNING id",
-        )
-        .bind(p.daemon_id.as_str())
-        .bind(lease)
-        .bind(now)
-        .bind(&m.model)
-        .bind(i64::from(n))
-        .fetch_all(&mut *tx)
-        .await?;
-        ids.append(&mut claimed);
-    }
-    let requests = if ids.is_empty() {
+    let wanted = global_free(&mut tx, &p.models).await?;
+    let requests = if wanted.is_empty() {
         Vec::new()
     } else {
-        load_claimed(&mut tx, &ids, now).await?
+        claim_rows(&mut tx, &p, &wanted, lease, now).await?
     };
     let next_retry_at: Option<Timestamp> = sqlx::query_scalar(
         "SELECT MIN(not_before) FROM requests WHERE state = 'pending' AND not_before IS NOT NULL",
@@ -65,37 +44,77 @@ pub(super) async fn claim_many(pool: &PgPool, p: ClaimParams) -> Result<Claimed>
     })
 }
 
-/// How many requests of `m.model` this claim may take so that the model's limit holds across
-/// every replica: the limit minus what is running anywhere, under a transaction-scoped lock per
-/// model so two replicas cannot both take the same free slots.
-async fn global_free(tx: &mut PgConnection, m: &ModelClaim) -> Result<u32> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('fusillade.model:' || $1, 0))")
-        .bind(&m.model)
-        .execute(&mut *tx)
-        .await?;
-    let running: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE state = 'running' AND model = $1")
-            .bind(&m.model)
-            .fetch_one(&mut *tx)
-            .await?;
-    let free = i64::from(m.limit) - running + i64::from(m.unflushed);
-    Ok(free.clamp(0, i64::from(m.max)) as u32)
+/// How many requests of each model this claim may take so that every model's limit holds
+/// across all replicas: the limit minus what runs anywhere, plus this process's finished but
+/// unwritten ones. A transaction-scoped advisory lock per model, taken in model order (so two
+/// replicas cannot deadlock), keeps two replicas from taking the same free slots.
+async fn global_free(tx: &mut PgConnection, models: &[ModelClaim]) -> Result<Vec<(String, i64)>> {
+    let mut models: Vec<&ModelClaim> = models.iter().filter(|m| m.max > 0).collect();
+    models.sort_by(|a, b| a.model.cmp(&b.model));
+    if models.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&str> = models.iter().map(|m| m.model.as_str()).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('fusillade.model:' || u.model, 0)) \
+         FROM unnest($1::text[]) WITH ORDINALITY AS u(model, ord) ORDER BY u.ord",
+    )
+    .bind(&names)
+    .execute(&mut *tx)
+    .await?;
+    // A separate statement: under READ COMMITTED it takes a fresh snapshot, which sees every
+    // claim committed by whoever held the locks before us.
+    let running: Vec<i64> = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM requests r WHERE r.state = 'running' AND r.model = u.model) \
+         FROM unnest($1::text[]) WITH ORDINALITY AS u(model, ord) ORDER BY u.ord",
+    )
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(models
+        .iter()
+        .zip(running)
+        .map(|(m, running)| {
+            let free = i64::from(m.limit) - running + i64::from(m.unflushed);
+            (m.model.clone(), free.clamp(0, i64::from(m.max)))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect())
 }
 
-async fn load_claimed(
+/// Leases up to `n` rows of each model and returns them with what the executor needs, in one
+/// statement, then moves the batch counters.
+async fn claim_rows(
     tx: &mut PgConnection,
-    ids: &[i64],
+    p: &ClaimParams,
+    wanted: &[(String, i64)],
+    lease: i64,
     now: Timestamp,
 ) -> Result<Vec<ClaimedRequest>> {
     let rows = sqlx::query(
-        "SELECT r.id, r.lease, r.batch_seq, b.id AS batch_id, r.line, t.custom_id, t.url, \
-             r.model, t.body, r.attempts, r.deadline \
-         FROM requests r \
-         JOIN templates t ON t.id = r.template_id \
-         JOIN batches b ON b.seq = r.batch_seq \
-         WHERE r.id = ANY($1) ORDER BY r.deadline, r.id",
+        "WITH picked AS ( \
+             SELECT c.id FROM unnest($1::text[], $2::bigint[]) AS m(model, n) \
+             CROSS JOIN LATERAL (SELECT id FROM requests \
+                 WHERE state = 'pending' AND not_before IS NULL AND model = m.model \
+                 ORDER BY deadline, id LIMIT m.n FOR UPDATE SKIP LOCKED) c), \
+         claimed AS ( \
+             UPDATE requests r SET state = 'running', daemon_id = $3, lease = $4, \
+                 started_at = $5 \
+             FROM picked WHERE r.id = picked.id \
+             RETURNING r.id, r.lease, r.batch_seq, r.template_id, r.line, r.model, \
+                 r.attempts, r.deadline) \
+         SELECT c.id, c.lease, c.batch_seq, b.id AS batch_id, c.line, t.custom_id, t.url, \
+             c.model, t.body, c.attempts, c.deadline \
+         FROM claimed c \
+         JOIN templates t ON t.id = c.template_id \
+         JOIN batches b ON b.seq = c.batch_seq \
+         ORDER BY c.deadline, c.id",
     )
-    .bind(ids)
+    .bind(wanted.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>())
+    .bind(wanted.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+    .bind(p.daemon_id.as_str())
+    .bind(lease)
+    .bind(now)
     .fetch_all(&mut *tx)
     .await?;
     let mut deltas = CounterDeltas::default();
@@ -123,7 +142,7 @@ async fn load_claimed(
                 .flatten(),
         });
     }
-    apply_and_finalize(tx, &deltas, now).await?;
+    apply_deltas(tx, &deltas).await?;
     Ok(out)
 }
 

@@ -114,22 +114,16 @@ pub(super) fn state(s: &str) -> Result<RequestState> {
     RequestState::parse(s).ok_or_else(|| corrupt("requests.state"))
 }
 
-/// Applies counter deltas, then moves touched batches with nothing pending or running to their
-/// final status. Returns the batches finished.
-pub(super) async fn apply_and_finalize(
-    conn: &mut PgConnection,
-    deltas: &CounterDeltas,
-    now: Timestamp,
-) -> Result<Vec<BatchId>> {
+/// Applies counter deltas, locking the batch rows in seq order (the deltas are sorted) so that
+/// concurrent transactions touching the same batches cannot deadlock.
+pub(super) async fn apply_deltas(conn: &mut PgConnection, deltas: &CounterDeltas) -> Result<()> {
     if deltas.is_empty() {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let d: Vec<_> = deltas.deltas().collect();
     let col = |f: fn(&crate::storage::shared::CounterDelta) -> i64| -> Vec<i64> {
         d.iter().map(|x| f(x)).collect()
     };
-    // Batch rows are locked in seq order (the deltas are sorted) so that concurrent flushes
-    // touching the same batches cannot deadlock.
     sqlx::query("SELECT seq FROM batches WHERE seq = ANY($1) ORDER BY seq FOR UPDATE")
         .bind(deltas.seqs())
         .execute(&mut *conn)
@@ -154,6 +148,20 @@ WHERE b.seq = d.seq
     .bind(col(|x| x.expired))
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Applies counter deltas, then moves touched batches with nothing pending or running to their
+/// final status. Returns the batches finished.
+pub(super) async fn apply_and_finalize(
+    conn: &mut PgConnection,
+    deltas: &CounterDeltas,
+    now: Timestamp,
+) -> Result<Vec<BatchId>> {
+    if deltas.is_empty() {
+        return Ok(Vec::new());
+    }
+    apply_deltas(conn, deltas).await?;
     let finished: Vec<String> = sqlx::query_scalar(
         r#"
 UPDATE batches SET
