@@ -57,7 +57,9 @@ impl PostgresStorage {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| StorageError::Config(format!("bad PostgreSQL URL: {e}")))?;
-        let options = options.options([("statement_timeout", STATEMENT_TIMEOUT)]);
+        // JIT compilation costs tens of milliseconds and only pays off for long analytical
+        // queries, which Fusillade never runs; high row estimates would trigger it anyway.
+        let options = options.options([("statement_timeout", STATEMENT_TIMEOUT), ("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(30))
