@@ -21,6 +21,8 @@ pub enum Command {
     /// Send every request of a JSONL batch file and write the results beside it. Resumable:
     /// run the same command again after a crash or Ctrl-C to continue.
     Run(RunArgs),
+    /// Serve the OpenAI-compatible Files and Batches API, with the daemon in the same process.
+    Serve(ServeArgs),
     /// Run the daemon alone: send the requests of batches stored in the database.
     Worker(WorkerArgs),
     /// Create or upgrade the database schema.
@@ -80,6 +82,29 @@ pub struct RunArgs {
     /// Only print the summary.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Engine options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// `fusillade serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Without API keys only a loopback address is accepted, unless
+    /// `--allow-open` is given.
+    #[arg(long, env = "FUSILLADE_LISTEN", default_value = "127.0.0.1:8000")]
+    pub listen: std::net::SocketAddr,
+    /// Database URL: `sqlite://PATH`, a path, or `postgres://…` [default: fusillade.db].
+    #[arg(long, env = "FUSILLADE_DATABASE")]
+    pub database: Option<String>,
+    /// API keys as `tenant:key,tenant:key` (prefer the environment variable, which `ps` does
+    /// not show). Added to the `[[api_keys]]` of the config file.
+    #[arg(long, env = "FUSILLADE_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// Serve without API keys on a non-loopback address: anyone who can connect acts as the
+    /// tenant `default`.
+    #[arg(long, env = "FUSILLADE_ALLOW_OPEN")]
+    pub allow_open: bool,
     /// Engine options.
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -6,6 +6,7 @@ mod commands;
 mod engine;
 mod progress;
 mod run;
+mod serve;
 mod signals;
 
 use clap::Parser;
@@ -28,6 +29,7 @@ fn main() {
     let code = runtime.block_on(async {
         let result = match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Serve(args) => serve::serve(args).await,
             Command::Worker(args) => commands::worker(args).await,
             Command::Migrate(args) => commands::migrate(args).await,
             Command::MockUpstream(args) => commands::mock_upstream(args).await,

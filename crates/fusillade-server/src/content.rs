@@ -1,0 +1,170 @@
+//! `GET /v1/files/{id}/content`: a file's lines, streamed a storage page at a time.
+//!
+//! Input files are re-serialised from their stored templates in line order (each body exactly
+//! as uploaded). Output and error files are rendered from the batch's results with
+//! `fusillade::output::render_line`, and can be read while the batch runs: `X-Incomplete: true`
+//! says more lines may still arrive. The body is a stream, never collected, so memory stays
+//! flat for a million-line file. `Accept` is ignored, so the SDK's `application/binary` works.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use fusillade::Storage;
+use fusillade::model::{BatchId, FileId, FilePurpose, NewTemplate};
+use fusillade::output::render_line;
+use fusillade::storage::{ResultFilter, ResultPage, Scope, StorageError};
+use futures::{Stream, TryStreamExt, stream};
+use http::{HeaderValue, header};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::auth::Tenant;
+use crate::error::{ApiError, ErrorResponse};
+use crate::files::visible_file;
+use crate::state::AppState;
+
+/// Rows read per storage call: large enough that a download is not dominated by round trips,
+/// small enough that one page of large responses stays a few MB.
+const PAGE_ROWS: u32 = 2_000;
+
+/// Downloads a file's content as JSONL.
+#[utoipa::path(get, path = "/v1/files/{file_id}/content", tag = "files",
+    params(("file_id" = String, Path, description = "The file id")),
+    responses((status = 200, description = "The JSONL content", content_type = "application/jsonl", body = String),
+        (status = 404, body = ErrorResponse)))]
+pub(crate) async fn content(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let file = visible_file(&state, &tenant, &id, "id").await?;
+    let storage = state.storage.clone();
+    let scope = tenant.scope();
+    let (body, incomplete) = match file.purpose {
+        FilePurpose::Batch => (
+            Body::from_stream(input_lines(storage, scope, file.id)),
+            false,
+        ),
+        purpose => {
+            let batch = match storage.batch_get_by_output_file(&scope, &file.id).await {
+                Err(StorageError::NotFound(_)) => return Err(ApiError::no_such("File", &id, "id")),
+                other => other?,
+            };
+            let filter = match purpose {
+                FilePurpose::BatchOutput => ResultFilter::Output,
+                _ => ResultFilter::Errors,
+            };
+            let lines = result_lines(storage, scope, batch.id, filter);
+            (Body::from_stream(lines), !batch.status.is_final())
+        }
+    };
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jsonl; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}\"",
+        file.filename.replace(['"', '\\'], "_")
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(
+        "x-incomplete",
+        HeaderValue::from_static(if incomplete { "true" } else { "false" }),
+    );
+    Ok(response)
+}
+
+/// A storage failure in the middle of a download can only cut the stream short: the status
+/// line is long gone. Log it here, where the cause is known.
+fn broken(e: StorageError) -> std::io::Error {
+    tracing::error!(error = %e, "download aborted by a storage error");
+    std::io::Error::other("storage error")
+}
+
+#[derive(Serialize)]
+struct InputLine<'a> {
+    custom_id: &'a str,
+    method: &'static str,
+    url: &'a str,
+    body: &'a RawValue,
+}
+
+fn render_template(t: &NewTemplate, out: &mut String) {
+    // Bodies were validated as JSON objects at upload, so they parse back.
+    let Ok(body) = serde_json::from_str::<&RawValue>(&t.body) else {
+        return;
+    };
+    let line = InputLine {
+        custom_id: &t.custom_id,
+        method: "POST",
+        url: &t.url,
+        body,
+    };
+    out.push_str(&serde_json::to_string(&line).expect("line serializes"));
+    out.push('\n');
+}
+
+/// A body stream of pages: `fetch(after)` returns the next chunk and the cursor after it, or
+/// `None` at the end.
+fn paged<F, Fut>(fetch: F) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    F: FnMut(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Option<(Bytes, u64)>, StorageError>> + Send + 'static,
+{
+    stream::try_unfold(0u64, fetch).map_err(broken)
+}
+
+fn input_lines(
+    storage: Arc<dyn Storage>,
+    scope: Scope,
+    id: FileId,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    paged(move |after| {
+        let (storage, scope, id) = (storage.clone(), scope.clone(), id.clone());
+        async move {
+            let page = storage.template_page(&scope, &id, after, PAGE_ROWS).await?;
+            let Some(last) = page.last().map(|t| t.line) else {
+                return Ok(None);
+            };
+            let mut chunk = String::with_capacity(page.len() * 256);
+            page.iter().for_each(|t| render_template(t, &mut chunk));
+            Ok(Some((Bytes::from(chunk), last)))
+        }
+    })
+}
+
+fn result_lines(
+    storage: Arc<dyn Storage>,
+    scope: Scope,
+    batch: BatchId,
+    filter: ResultFilter,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    paged(move |after_line| {
+        let (storage, scope, batch) = (storage.clone(), scope.clone(), batch.clone());
+        async move {
+            let params = ResultPage {
+                batch_id: batch.clone(),
+                filter,
+                after_line,
+                limit: PAGE_ROWS,
+                with_input: false,
+            };
+            let rows = storage.result_page(&scope, params).await?;
+            let Some(last) = rows.last().map(|r| r.line) else {
+                return Ok(None);
+            };
+            let mut chunk = String::with_capacity(rows.len() * 512);
+            rows.iter()
+                .filter_map(|row| render_line(&batch, row))
+                .for_each(|line| chunk.push_str(&line));
+            Ok(Some((Bytes::from(chunk), last)))
+        }
+    })
+}
