@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use http::HeaderValue;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -104,9 +103,10 @@ pub struct InputParser {
     request_lines: u64,
     bytes: u64,
     hasher: blake3::Hasher,
-    /// 128-bit hash of each `custom_id` seen, with its line: 24 bytes an entry instead of the
-    /// whole string keeps a million-line file within the memory budget.
-    seen_custom_ids: HashMap<u128, u64>,
+    /// A 64-bit hash of each `custom_id` seen, with its line: 16 bytes an entry instead of the
+    /// whole string keeps a million-line file within the memory budget. Two different ids
+    /// share a hash with odds of about 1 in 37 million for a million-line file.
+    seen_custom_ids: HashMap<u64, u32>,
 }
 
 impl InputParser {
@@ -219,8 +219,9 @@ impl InputParser {
 
     fn check_unique(&mut self, template: &NewTemplate) -> Result<(), InputError> {
         let digest = blake3::hash(template.custom_id.as_bytes());
-        let key = u128::from_le_bytes(digest.as_bytes()[..16].try_into().expect("16 bytes"));
-        if let Some(first) = self.seen_custom_ids.insert(key, template.line) {
+        let key = u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"));
+        let line = u32::try_from(template.line).unwrap_or(u32::MAX);
+        if let Some(first) = self.seen_custom_ids.insert(key, line) {
             return Err(InputError::at(
                 template.line,
                 format!(
@@ -234,25 +235,35 @@ impl InputParser {
 }
 
 /// The envelope of one line, with each field kept raw so type errors can be named precisely.
+/// A field is `None` only when its key is absent: `null` is kept, as a value of the wrong type.
 #[derive(Deserialize)]
 struct RawLine<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     custom_id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     method: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     url: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     body: Option<&'a RawValue>,
 }
 
 /// The two body fields Fusillade reads; every other field is passed through untouched.
 #[derive(Deserialize)]
 struct BodyProbe<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     model: Option<&'a RawValue>,
     #[serde(borrow)]
     stream: Option<&'a RawValue>,
+}
+
+/// A field that is there, whatever its value. (`Option`'s own impl would read `null` as
+/// absent, and report `"custom_id": null` as a missing field.)
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue>::deserialize(deserializer).map(Some)
 }
 
 fn validate_line(text: &str, line: u64, limits: &InputLimits) -> Result<NewTemplate, InputError> {
@@ -350,8 +361,9 @@ fn check_custom_id(custom_id: &str, line: u64, limits: &InputLimits) -> Result<(
             ),
         ));
     }
-    // custom_id travels upstream in the X-Fusillade-Custom-Id header.
-    if !custom_id.is_ascii() || HeaderValue::from_str(custom_id).is_err() {
+    // custom_id travels upstream in the X-Fusillade-Custom-Id header. A header value may also
+    // hold a tab, but a tab is a control character: it is refused like the others.
+    if !custom_id.bytes().all(|b| (0x20..0x7f).contains(&b)) {
         return Err(InputError::at(
             line,
             "custom_id must be printable ASCII (it is sent as an HTTP header value)",

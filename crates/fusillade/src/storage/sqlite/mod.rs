@@ -17,8 +17,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqlitePool};
 use tokio::sync::broadcast;
 
 use super::{
@@ -33,6 +33,12 @@ use crate::model::{
 
 /// Readers beyond the writer: downloads and API reads run beside the daemon's writes.
 const READER_CONNECTIONS: u32 = 4;
+/// Page cache of the writer (negative: KiB). The hot pages are the claim index and the batch
+/// rows; 8 MiB holds them for millions of requests.
+const WRITER_CACHE_KIB: &str = "-8192";
+/// Page cache of each reader: reads stream pages once, so a small cache is enough and keeps
+/// resident memory flat.
+const READER_CACHE_KIB: &str = "-2048";
 /// How long a statement waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Capacity of the event channel; receivers that fall further behind miss events and poll.
@@ -61,18 +67,33 @@ impl SqliteStorage {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(false)
-            .pragma("cache_size", "-8192")
             .pragma("temp_store", "memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone())
-            .await?;
+            // When a COMMIT fails (disk full, I/O error) SQLite may already have rolled the
+            // transaction back; sqlx then still counts it as open, and from then on nests every
+            // transaction in a savepoint that never commits: writes seem to succeed but are
+            // never persisted. A connection handed back inside a transaction (after the
+            // rollback a dropped transaction queues, which the ping waits for) is replaced.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
+            .connect_with(options.clone().pragma("cache_size", WRITER_CACHE_KIB))
+            .await
+            .map_err(|e| open_failure(path, e))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READER_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.read_only(true))
+            .connect_with(
+                options
+                    .read_only(true)
+                    .pragma("cache_size", READER_CACHE_KIB),
+            )
             .await?;
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let storage = Self {
@@ -88,6 +109,37 @@ impl SqliteStorage {
     fn emit(&self, event: StorageEvent) {
         // No receiver is fine: nobody is waiting.
         let _ = self.events.send(event);
+    }
+}
+
+/// SQLite reports a database it cannot write as "unable to open database file"; when the OS
+/// refuses to open the file (or its directory) for writing, its reason is the clear one.
+fn open_failure(path: &Path, error: sqlx::Error) -> StorageError {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path);
+    let refused = match file {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Some(e),
+        _ => {
+            // The -wal and -shm files live beside the database.
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            let probe = dir.unwrap_or(Path::new(".")).join(".fusillade-write-probe");
+            let created = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&probe);
+            let _ = std::fs::remove_file(&probe);
+            created.err()
+        }
+    };
+    match refused {
+        Some(e) => StorageError::Config(format!(
+            "cannot open the SQLite database {} for writing: {e} ({error})",
+            path.display()
+        )),
+        None => StorageError::Database(error),
     }
 }
 
