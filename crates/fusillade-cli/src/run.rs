@@ -46,7 +46,7 @@ fn paths(args: &RunArgs, file: &FileConfig) -> anyhow::Result<Paths> {
         .or_else(|| file.database.clone())
         .unwrap_or_else(|| beside("fusillade.db").display().to_string());
     let lock = match database.strip_prefix("sqlite://") {
-        _ if database.starts_with("postgres") => beside("fusillade.lock"),
+        _ if storage::is_postgres(&database) => beside("fusillade.lock"),
         Some(path) => PathBuf::from(format!("{path}.lock")),
         None => PathBuf::from(format!("{database}.lock")),
     };
@@ -84,7 +84,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         false
     } else {
         let engine = engine::resolve(&args.engine, &file).await?;
-        drive(storage.clone(), engine, &batch, args.quiet).await?
+        // Alone on its SQLite file (the lock says so), `run` may rescue every other daemon's
+        // leases at once; on a shared PostgreSQL database other replicas may be alive.
+        let exclusive = !storage::is_postgres(&paths.database);
+        drive(storage.clone(), engine, &batch, args.quiet, exclusive).await?
     };
     let batch = storage.batch_get(&Scope::All, &batch.id).await?;
     let (outputs, errors) = export(storage.as_ref(), &batch.id, &paths).await?;
@@ -249,9 +252,10 @@ async fn drive(
     engine: engine::Engine,
     batch: &Batch,
     quiet: bool,
+    exclusive: bool,
 ) -> anyhow::Result<bool> {
     let mut config = engine.config;
-    config.exclusive = true;
+    config.exclusive = exclusive;
     let daemon = Daemon::new(storage.clone(), config, engine.upstreams)?;
     let stats = daemon.stats();
     let token = CancellationToken::new();

@@ -106,3 +106,44 @@ async fn cut_database_connections_do_not_stop_the_batch() {
     assert_each_exactly_once(&storage, &batch.id, lines).await;
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_on_postgres_shares_work_with_live_workers_without_declaring_them_dead() {
+    let Some((db, storage, mock)) = setup(5).await else {
+        return;
+    };
+    let _workers = Workers::start(1, &db.url, &mock.base_url());
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to register",
+        || async { storage.daemon_list().await.is_ok_and(|d| d.len() == 1) },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, input_lines(2_000)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fusillade"))
+        .arg("run")
+        .arg(&input)
+        .args(["--database", &db.url, "--upstream", &mock.base_url()])
+        .args(["--concurrency", "8"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let daemons = storage.daemon_list().await.unwrap();
+    let worker = daemons.iter().find(|d| d.status == "running");
+    assert!(
+        worker.is_some(),
+        "the live worker was declared dead: {daemons:?}"
+    );
+    let sent = mock.stats().per_custom_id;
+    assert_eq!(sent.len(), 2_000);
+    assert!(sent.values().all(|&n| n == 1));
+    let output = std::fs::read_to_string(dir.path().join("in.output.jsonl")).unwrap();
+    assert_eq!(output.lines().count(), 2_000);
+    mock.shutdown().await;
+}

@@ -45,7 +45,7 @@ pub fn spawn_worker(db: &str, upstream: &str) -> Child {
         .expect("spawn worker")
 }
 
-pub fn input(lines: usize) -> String {
+pub fn input_lines(lines: usize) -> String {
     (0..lines)
         .map(|i| {
             format!(
@@ -59,7 +59,7 @@ pub fn input(lines: usize) -> String {
 
 pub async fn create_batch(storage: &Arc<dyn Storage>, lines: usize) -> Batch {
     let now = chrono::Utc::now();
-    let text = input(lines);
+    let text = input_lines(lines);
     let file = fusillade::ingest::upload(
         storage.as_ref(),
         text.as_bytes(),

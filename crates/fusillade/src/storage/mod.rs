@@ -367,10 +367,15 @@ pub async fn open(url: &str) -> Result<Arc<dyn Storage>> {
     open_with(url, true).await
 }
 
+/// Whether `url` names a PostgreSQL database.
+pub fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// Like [`open`]; `migrate: false` leaves a PostgreSQL schema as it is (for deployments that run
 /// `fusillade migrate` separately). SQLite, used by one process, always migrates.
 pub async fn open_with(url: &str, migrate: bool) -> Result<Arc<dyn Storage>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         let storage = postgres::PostgresStorage::open(url, migrate).await?;
         return Ok(Arc::new(storage));
     }
