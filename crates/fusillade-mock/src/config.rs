@@ -5,6 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
+
 /// Request header that selects a [`Fault`] for one request (overrides [`MockConfig::fault`]).
 pub const FAULT_HEADER: &str = "x-mock-fault";
 
@@ -23,6 +25,9 @@ pub struct MockConfig {
     pub rate_limit_rate: f64,
     /// Value of the `Retry-After` header on 429 responses.
     pub retry_after_secs: u64,
+    /// Send `Retry-After` as an HTTP-date (`retry_after_secs` from now, rounded down to the
+    /// second, as the date form has no finer unit) instead of a number of seconds.
+    pub retry_after_http_date: bool,
     /// Seed for the error-injection draws. With a seed, the n-th draw after the
     /// config is installed is always the same (the order in which concurrent
     /// requests take draws is still up to the scheduler). `None` picks a random seed.
@@ -32,6 +37,19 @@ pub struct MockConfig {
     pub fault: Option<Fault>,
 }
 
+impl MockConfig {
+    /// The `Retry-After` header value of a 429 answered now.
+    pub(crate) fn retry_after(&self) -> HeaderValue {
+        if !self.retry_after_http_date {
+            return HeaderValue::from(self.retry_after_secs);
+        }
+        let secs = i64::try_from(self.retry_after_secs).unwrap_or(i64::MAX);
+        let when = chrono::Utc::now() + chrono::Duration::try_seconds(secs).unwrap_or_default();
+        let text = when.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        HeaderValue::from_str(&text).expect("an HTTP-date is a valid header value")
+    }
+}
+
 impl Default for MockConfig {
     fn default() -> Self {
         MockConfig {
@@ -39,6 +57,7 @@ impl Default for MockConfig {
             error_rate: 0.0,
             rate_limit_rate: 0.0,
             retry_after_secs: 1,
+            retry_after_http_date: false,
             seed: None,
             fault: None,
         }

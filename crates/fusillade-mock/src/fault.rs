@@ -24,7 +24,7 @@ static PADDING: [u8; CHUNK] = [b'x'; CHUNK];
 pub(crate) struct FaultContext<'a> {
     pub request: &'a ParsedRequest,
     pub ids: ResponseIds,
-    pub retry_after_secs: u64,
+    pub retry_after: HeaderValue,
     pub shutdown: &'a ShutdownSignal,
 }
 
@@ -44,7 +44,7 @@ pub(crate) async fn respond(fault: Fault, ctx: FaultContext<'_>) -> (Response, O
             let body = Bytes::from_static(b"not json{");
             (response::json_response(StatusCode::OK, body), None)
         }
-        Fault::Status(code) => status_response(code, ctx.retry_after_secs),
+        Fault::Status(code) => status_response(code, ctx.retry_after),
         Fault::SlowFirstByte(delay) => {
             tokio::time::sleep(delay).await;
             let body = response::success_body(ctx.request, ctx.ids);
@@ -115,7 +115,7 @@ fn huge_response(ctx: &FaultContext<'_>, target: usize) -> Response {
     response
 }
 
-fn status_response(code: u16, retry_after_secs: u64) -> (Response, Option<Outcome>) {
+fn status_response(code: u16, retry_after: HeaderValue) -> (Response, Option<Outcome>) {
     // The header parser rejects codes outside 2xx-5xx, but a `MockConfig` built
     // in code can still hold one; those degrade to a plain 500.
     let status = StatusCode::from_u16(code)
@@ -124,7 +124,7 @@ fn status_response(code: u16, retry_after_secs: u64) -> (Response, Option<Outcom
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status == StatusCode::TOO_MANY_REQUESTS {
         return (
-            response::rate_limit_response(retry_after_secs),
+            response::rate_limit_response(retry_after),
             Some(Outcome::RateLimited),
         );
     }

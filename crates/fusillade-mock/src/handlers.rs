@@ -105,7 +105,7 @@ async fn respond(
             let ctx = FaultContext {
                 request: &request,
                 ids,
-                retry_after_secs: active.config.retry_after_secs,
+                retry_after: active.config.retry_after(),
                 shutdown: &app.shutdown,
             };
             fault::respond(fault, ctx).await
@@ -137,7 +137,7 @@ fn injected_or_success(
     let config = &active.config;
     let roll = active.draw();
     if roll < config.rate_limit_rate {
-        let response = response::rate_limit_response(config.retry_after_secs);
+        let response = response::rate_limit_response(config.retry_after());
         (response, Some(Outcome::RateLimited))
     } else if roll < config.rate_limit_rate + config.error_rate {
         let message =

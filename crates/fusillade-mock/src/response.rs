@@ -220,12 +220,12 @@ pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
 }
 
 /// A 429 like OpenAI's, telling the client when to come back.
-pub(crate) fn rate_limit_response(retry_after_secs: u64) -> Response {
+pub(crate) fn rate_limit_response(retry_after: HeaderValue) -> Response {
     let message = "Rate limit reached (injected by fusillade-mock)";
     let mut response = error_response(StatusCode::TOO_MANY_REQUESTS, message);
     response
         .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        .insert(header::RETRY_AFTER, retry_after);
     response
 }
 

@@ -153,6 +153,37 @@ async fn rate_limit_rate_one_gives_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn retry_after_can_be_an_http_date() {
+    let server = start(MockConfig {
+        rate_limit_rate: 1.0,
+        retry_after_secs: 30,
+        retry_after_http_date: true,
+        ..MockConfig::default()
+    })
+    .await;
+    let before = chrono::Utc::now();
+    let response = post_json(
+        &server,
+        "/v1/completions",
+        &json!({"model": "m", "prompt": "p"}),
+    )
+    .await;
+    assert_eq!(response.status(), 429);
+    let value = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(value.ends_with(" GMT"), "IMF-fixdate: {value}");
+    let when = chrono::DateTime::parse_from_rfc2822(&value).expect("an HTTP-date");
+    let ahead = when.with_timezone(&chrono::Utc) - before;
+    assert!(
+        (29..=30).contains(&ahead.num_seconds()),
+        "{value} is {ahead:?} ahead"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn seeded_error_pattern_is_reproducible() {
     let config = MockConfig {
         error_rate: 0.5,
