@@ -4,9 +4,12 @@
 //! - `lifecycle`: cancellation, wake-ups, heartbeats, expiry, graceful shutdown, drain
 //!   deadline, crash recovery.
 //! - `upstream`: headers, secrets, base URL forms and `Retry-After` parsing.
+//! - `faults`: `Retry-After` dates, resets, unanswered connects, an upstream down and back.
 
 mod daemon_support;
 
+#[path = "daemon/faults.rs"]
+mod faults;
 #[path = "daemon/lifecycle.rs"]
 mod lifecycle;
 #[path = "daemon/outcomes.rs"]

@@ -4,62 +4,13 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use fusillade::config::DaemonConfig;
-use fusillade::model::{Batch, BatchStatus, RequestState};
+use fusillade::model::{BatchStatus, RequestState};
 use fusillade::output::ResultFile;
 use fusillade::storage::ResultFilter;
-use fusillade_mock::{Fault, MockConfig, Stats};
+use fusillade_mock::{Fault, MockConfig};
 use serde_json::Value;
-use tokio::time::Instant;
 
 use crate::daemon_support::*;
-
-/// A batch run to its end against a mock configured with `mock_config`.
-struct Finished {
-    store: Store,
-    batch: Batch,
-    stats: Stats,
-    ids: Vec<String>,
-}
-
-async fn run_to_end(mock_config: MockConfig, config: DaemonConfig, n: usize) -> Finished {
-    let mock = start_mock(mock_config).await;
-    let store = Store::new().await;
-    let reqs = requests(n, &["m1"]);
-    let batch = store.batch(&reqs, None).await;
-    let daemon = Running::start(&store.storage, config, upstreams(&mock.base_url()));
-    let batch = store.wait_final(&batch.id, PATIENCE).await;
-    daemon.stop().await;
-    let stats = mock.stats();
-    mock.shutdown().await;
-    Finished {
-        store,
-        batch,
-        stats,
-        ids: ids(&reqs),
-    }
-}
-
-/// Checks that every request failed after `attempts` attempts with error `code`, each attempt
-/// reaching the mock, and returns the error file.
-async fn assert_all_failed(done: &Finished, attempts: u32, code: &str) -> Vec<Value> {
-    assert_eq!(done.batch.status, BatchStatus::Completed);
-    assert_eq!(done.batch.counts.failed, done.ids.len() as u64);
-    for row in done.store.rows(&done.batch.id, ResultFilter::All).await {
-        assert_eq!(row.state, RequestState::Failed, "{row:?}");
-        assert_eq!(row.attempts, attempts, "{row:?}");
-        assert_eq!(row.error_code.as_deref(), Some(code), "{row:?}");
-    }
-    let output = done.store.file(&done.batch.id, ResultFile::Output).await;
-    assert!(output.is_empty(), "no output lines: {output:?}");
-    let errors = done.store.file(&done.batch.id, ResultFile::Errors).await;
-    assert_eq!(custom_ids(&errors), done.ids);
-    for line in &errors {
-        assert_eq!(line["error"]["code"], code, "{line}");
-        assert!(line["error"]["message"].is_string(), "{line}");
-    }
-    errors
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_completes_every_request_exactly_once() {
@@ -182,47 +133,8 @@ async fn retry_after_of_a_429_is_honoured() {
         retry_after_secs: 1,
         ..MockConfig::default()
     };
-    let mock = start_mock(limited).await;
-    let store = Store::new().await;
-    let reqs = requests(5, &["m1"]);
-    let batch = store.batch(&reqs, None).await;
-    let mut config = fast_config();
-    // The retry must wake the scheduler when it comes due, not wait for the fallback poll.
-    config.poll_interval = Duration::from_secs(60);
-    let started = Instant::now();
-    let daemon = Running::start(&store.storage, config, upstreams(&mock.base_url()));
-    wait_until("every first attempt to get its 429", PATIENCE, || async {
-        mock.stats().responses_rate_limited >= 5
-    })
-    .await;
-    mock.set_config(MockConfig::default());
-    // Every first answer came after `started`, so no second attempt may arrive within 1 s of
-    // it. (The backoff without Retry-After would be at most 10 ms.)
-    loop {
-        let total = mock.stats().requests_total;
-        let elapsed = started.elapsed();
-        if elapsed >= Duration::from_millis(950) {
-            break;
-        }
-        assert_eq!(
-            total, 5,
-            "a retry came {elapsed:?} after the start, before Retry-After"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let done = store.wait_final(&batch.id, PATIENCE).await;
-    daemon.stop().await;
-
-    assert!(started.elapsed() >= Duration::from_secs(1));
-    assert_eq!(done.counts.completed, 5);
-    let stats = mock.stats();
-    assert_eq!(stats.responses_rate_limited, 5);
-    for row in store.rows(&batch.id, ResultFilter::All).await {
-        assert_eq!(row.state, RequestState::Completed, "{row:?}");
-        assert_eq!(row.attempts, 2, "{row:?}");
-        assert_eq!(sends(&stats, &row.custom_id), 2, "{row:?}");
-    }
-    mock.shutdown().await;
+    // (The backoff without Retry-After would be at most 10 ms.)
+    assert_429s_wait_for_retry_after(limited, Duration::from_secs(1)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

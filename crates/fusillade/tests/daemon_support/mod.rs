@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, Uri};
 use fusillade::config::{ConcurrencyLimits, DaemonConfig, HttpLimits, RetryPolicy};
 use fusillade::daemon::DaemonError;
 use fusillade::input::InputLimits;
-use fusillade::model::{Batch, BatchId, Timestamp};
+use fusillade::model::{Batch, BatchId, BatchStatus, RequestState, Timestamp};
 use fusillade::output::{ResultFile, write_results};
 use fusillade::storage::sqlite::SqliteStorage;
 use fusillade::storage::{BatchCreate, ResultFilter, ResultPage, ResultRow, Scope, Storage};
@@ -132,11 +132,11 @@ where
     }
 }
 
-/// A SQLite store in its own temporary directory.
+/// A SQLite store, usually in its own temporary directory.
 pub struct Store {
     /// The storage under test.
     pub storage: Arc<dyn Storage>,
-    dir: TempDir,
+    dir: Option<TempDir>,
 }
 
 impl Store {
@@ -148,8 +148,13 @@ impl Store {
             .expect("SQLite opens");
         Self {
             storage: Arc::new(storage),
-            dir,
+            dir: Some(dir),
         }
+    }
+
+    /// Wraps storage opened elsewhere.
+    pub fn with_storage(storage: Arc<dyn Storage>) -> Self {
+        Self { storage, dir: None }
     }
 
     /// Uploads `requests` and creates a batch over them.
@@ -228,7 +233,8 @@ impl Store {
     /// Every byte of the database files (main file, WAL), as lossy text, for leak checks.
     pub fn raw_bytes(&self) -> String {
         let mut text = String::new();
-        for entry in std::fs::read_dir(self.dir.path()).expect("read temp dir") {
+        let dir = self.dir.as_ref().expect("a store in its own directory");
+        for entry in std::fs::read_dir(dir.path()).expect("read temp dir") {
             let bytes = std::fs::read(entry.expect("dir entry").path()).expect("read file");
             text.push_str(&String::from_utf8_lossy(&bytes));
         }
@@ -289,6 +295,107 @@ impl Running {
             .expect("the daemon task does not panic");
         result.expect("the daemon run ends without error");
     }
+}
+
+/// A batch run to its end against a mock configured with `mock_config`.
+pub struct Finished {
+    pub store: Store,
+    pub batch: Batch,
+    pub stats: Stats,
+    pub ids: Vec<String>,
+}
+
+pub async fn run_to_end(mock_config: MockConfig, config: DaemonConfig, n: usize) -> Finished {
+    let mock = start_mock(mock_config).await;
+    let mut done = run_against(&mock.base_url(), config, n).await;
+    done.stats = mock.stats();
+    mock.shutdown().await;
+    done
+}
+
+/// A batch of `n` requests run to its end against the upstream at `url` (no mock stats).
+pub async fn run_against(url: &str, config: DaemonConfig, n: usize) -> Finished {
+    let store = Store::new().await;
+    let reqs = requests(n, &["m1"]);
+    let batch = store.batch(&reqs, None).await;
+    let daemon = Running::start(&store.storage, config, upstreams(url));
+    let batch = store.wait_final(&batch.id, PATIENCE).await;
+    daemon.stop().await;
+    Finished {
+        store,
+        batch,
+        stats: Stats::default(),
+        ids: ids(&reqs),
+    }
+}
+
+/// Checks that every request failed after `attempts` attempts with error `code`, each attempt
+/// reaching the mock, and returns the error file.
+pub async fn assert_all_failed(done: &Finished, attempts: u32, code: &str) -> Vec<Value> {
+    assert_eq!(done.batch.status, BatchStatus::Completed);
+    assert_eq!(done.batch.counts.failed, done.ids.len() as u64);
+    for row in done.store.rows(&done.batch.id, ResultFilter::All).await {
+        assert_eq!(row.state, RequestState::Failed, "{row:?}");
+        assert_eq!(row.attempts, attempts, "{row:?}");
+        assert_eq!(row.error_code.as_deref(), Some(code), "{row:?}");
+    }
+    let output = done.store.file(&done.batch.id, ResultFile::Output).await;
+    assert!(output.is_empty(), "no output lines: {output:?}");
+    let errors = done.store.file(&done.batch.id, ResultFile::Errors).await;
+    assert_eq!(custom_ids(&errors), done.ids);
+    for line in &errors {
+        assert_eq!(line["error"]["code"], code, "{line}");
+        assert!(line["error"]["message"].is_string(), "{line}");
+    }
+    errors
+}
+
+/// Runs five requests against a mock that answers each first attempt with a 429 carrying
+/// `Retry-After` (as `limited` says), then succeeds, and checks that no retry came sooner than
+/// `quiet_for` after the start, and that each request then completed on its second attempt.
+pub async fn assert_429s_wait_for_retry_after(limited: MockConfig, quiet_for: Duration) {
+    let mock = start_mock(limited).await;
+    let store = Store::new().await;
+    let reqs = requests(5, &["m1"]);
+    let batch = store.batch(&reqs, None).await;
+    let mut config = fast_config();
+    // The retry must wake the scheduler when it comes due, not wait for the fallback poll.
+    config.poll_interval = Duration::from_secs(60);
+    let started = Instant::now();
+    let daemon = Running::start(&store.storage, config, upstreams(&mock.base_url()));
+    wait_until("every first attempt to get its 429", PATIENCE, || async {
+        mock.stats().responses_rate_limited >= 5
+    })
+    .await;
+    mock.set_config(MockConfig::default());
+    // Every first answer came after `started`, so no second attempt may arrive within
+    // `quiet_for` of it.
+    let quiet_until = quiet_for.saturating_sub(Duration::from_millis(50));
+    loop {
+        let total = mock.stats().requests_total;
+        let elapsed = started.elapsed();
+        if elapsed >= quiet_until {
+            break;
+        }
+        assert_eq!(
+            total, 5,
+            "a retry came {elapsed:?} after the start, before Retry-After"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let done = store.wait_final(&batch.id, PATIENCE).await;
+    daemon.stop().await;
+
+    assert!(started.elapsed() >= quiet_for);
+    assert_eq!(done.counts.completed, 5);
+    let stats = mock.stats();
+    assert_eq!(stats.responses_rate_limited, 5);
+    for row in store.rows(&batch.id, ResultFilter::All).await {
+        assert_eq!(row.state, RequestState::Completed, "{row:?}");
+        assert_eq!(row.attempts, 2, "{row:?}");
+        assert_eq!(sends(&stats, &row.custom_id), 2, "{row:?}");
+    }
+    mock.shutdown().await;
 }
 
 /// What the recording upstream saw of one request.
