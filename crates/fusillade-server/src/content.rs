@@ -16,11 +16,12 @@ use bytes::Bytes;
 use fusillade::Storage;
 use fusillade::model::{BatchId, FileId, FilePurpose, NewTemplate};
 use fusillade::output::render_line;
-use fusillade::storage::{ResultFilter, ResultPage, Scope, StorageError};
-use futures::{Stream, TryStreamExt, stream};
+use fusillade::storage::{ResultFilter, ResultPage, ResultRow, Scope, StorageError};
+use futures::{Stream, StreamExt, stream};
 use http::{HeaderValue, header};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::sync::mpsc;
 
 use crate::auth::Tenant;
 use crate::error::{ApiError, ErrorResponse};
@@ -30,6 +31,8 @@ use crate::state::AppState;
 /// Rows read per storage call: large enough that a download is not dominated by round trips,
 /// small enough that one page of large responses stays a few MB.
 const PAGE_ROWS: u32 = 2_000;
+/// Pages read ahead of the one being rendered.
+const PREFETCH: usize = 2;
 
 /// Downloads a file's content as JSONL.
 #[utoipa::path(get, path = "/v1/files/{file_id}/content", tag = "files",
@@ -111,14 +114,44 @@ fn render_template(t: &NewTemplate, out: &mut String) {
     out.push('\n');
 }
 
-/// A body stream of pages: `fetch(after)` returns the next chunk and the cursor after it, or
-/// `None` at the end.
-fn paged<F, Fut>(fetch: F) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+/// A body stream of pages. A spawned task reads page after page from storage (`fetch(after)`
+/// gives the rows after a cursor and the next cursor, or `None` at the end) while this stream
+/// renders the previous page, so the database read and the rendering overlap. At most
+/// [`PREFETCH`] pages wait, and the task stops when the client goes away.
+fn paged<R, F, Fut>(
+    mut fetch: F,
+    render: impl Fn(&[R]) -> String + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
 where
+    R: Send + 'static,
     F: FnMut(u64) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Option<(Bytes, u64)>, StorageError>> + Send + 'static,
+    Fut: Future<Output = Result<Option<(Vec<R>, u64)>, StorageError>> + Send + 'static,
 {
-    stream::try_unfold(0u64, fetch).map_err(broken)
+    let (tx, rx) = mpsc::channel(PREFETCH);
+    tokio::spawn(async move {
+        let mut after = 0;
+        loop {
+            let page = fetch(after).await;
+            let next = match &page {
+                Ok(Some((_, next))) => Some(*next),
+                _ => None,
+            };
+            let stop = next.is_none();
+            if tx.send(page).await.is_err() || stop {
+                return;
+            }
+            after = next.unwrap_or_default();
+        }
+    });
+    stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|page| (page, rx))
+    })
+    .take_while(|page| std::future::ready(!matches!(page, Ok(None))))
+    .map(move |page| match page {
+        Ok(Some((rows, _))) => Ok(Bytes::from(render(&rows))),
+        Ok(None) => Ok(Bytes::new()),
+        Err(e) => Err(broken(e)),
+    })
 }
 
 fn input_lines(
@@ -126,17 +159,17 @@ fn input_lines(
     scope: Scope,
     id: FileId,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    paged(move |after| {
+    let fetch = move |after| {
         let (storage, scope, id) = (storage.clone(), scope.clone(), id.clone());
         async move {
             let page = storage.template_page(&scope, &id, after, PAGE_ROWS).await?;
-            let Some(last) = page.last().map(|t| t.line) else {
-                return Ok(None);
-            };
-            let mut chunk = String::with_capacity(page.len() * 256);
-            page.iter().for_each(|t| render_template(t, &mut chunk));
-            Ok(Some((Bytes::from(chunk), last)))
+            Ok(page.last().map(|t| t.line).map(|last| (page, last)))
         }
+    };
+    paged(fetch, |page: &[NewTemplate]| {
+        let mut chunk = String::with_capacity(page.len() * 256);
+        page.iter().for_each(|t| render_template(t, &mut chunk));
+        chunk
     })
 }
 
@@ -146,25 +179,26 @@ fn result_lines(
     batch: BatchId,
     filter: ResultFilter,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    paged(move |after_line| {
-        let (storage, scope, batch) = (storage.clone(), scope.clone(), batch.clone());
+    let batch_id = batch.clone();
+    let fetch = move |after_line| {
+        let (storage, scope, batch_id) = (storage.clone(), scope.clone(), batch_id.clone());
         async move {
             let params = ResultPage {
-                batch_id: batch.clone(),
+                batch_id,
                 filter,
                 after_line,
                 limit: PAGE_ROWS,
                 with_input: false,
             };
             let rows = storage.result_page(&scope, params).await?;
-            let Some(last) = rows.last().map(|r| r.line) else {
-                return Ok(None);
-            };
-            let mut chunk = String::with_capacity(rows.len() * 512);
-            rows.iter()
-                .filter_map(|row| render_line(&batch, row))
-                .for_each(|line| chunk.push_str(&line));
-            Ok(Some((Bytes::from(chunk), last)))
+            Ok(rows.last().map(|r| r.line).map(|last| (rows, last)))
         }
+    };
+    paged(fetch, move |rows: &[ResultRow]| {
+        let mut chunk = String::with_capacity(rows.len() * 512);
+        rows.iter()
+            .filter_map(|row| render_line(&batch, row))
+            .for_each(|line| chunk.push_str(&line));
+        chunk
     })
 }
