@@ -433,3 +433,54 @@ async fn results_show_each_line_and_retry_resends_the_failed_ones() {
     daemon.await.unwrap();
     mock.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_expired_batch_lists_its_unfinished_requests_as_batch_expired() {
+    let config = ApiConfig {
+        completion_windows: vec!["1h".into()],
+        ..ApiConfig::default()
+    };
+    let api = TestApi::with_config(config).await;
+    let file = api.upload_ok(ACME, &lines(3)).await;
+    let mut body = create_body(&file);
+    body["completion_window"] = json!("1h");
+    let batch = api.post_json("/v1/batches", ACME, body).await.json();
+    let id = batch["id"].as_str().unwrap();
+    // Deleting the input file does not cascade: the batch keeps its requests and inputs.
+    let file_id = file["id"].as_str().unwrap();
+    assert_eq!(
+        api.delete(&format!("/v1/files/{file_id}"), ACME)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // The daemon's maintenance loop does this when the window ends; no daemon runs here.
+    let after_window = chrono::Utc::now() + chrono::Duration::hours(2);
+    api.storage.batch_expire_due(after_window).await.unwrap();
+    let expired = api.get(&format!("/v1/batches/{id}"), ACME).await.json();
+    assert_eq!(expired["status"], "expired");
+    assert!(expired["expired_at"].as_i64().unwrap() >= expired["in_progress_at"].as_i64().unwrap());
+    assert_eq!(
+        expired["request_counts"],
+        json!({"total": 3, "completed": 0, "failed": 3})
+    );
+    let uri = format!(
+        "/v1/files/{}/content",
+        expired["error_file_id"].as_str().unwrap()
+    );
+    let errors = api.get(&uri, ACME).await.text();
+    let first: Value = serde_json::from_str(errors.lines().next().unwrap()).unwrap();
+    assert_eq!(first["response"], Value::Null);
+    assert_eq!(
+        first["error"],
+        json!({"code": "batch_expired",
+            "message": "This request could not be executed before the completion window expired."})
+    );
+    assert_eq!(errors.lines().count(), 3);
+    let results = api
+        .get(&format!("/v1/batches/{id}/results"), ACME)
+        .await
+        .json();
+    assert_eq!(results["data"][0]["input"]["model"], "m0");
+    assert_eq!(results["data"][0]["status"], "expired");
+}
