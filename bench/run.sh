@@ -26,13 +26,23 @@ WRK=$(wrk -t1 -c"$CONC" -d10s -s bench/post.lua "http://127.0.0.1:$PORT/v1/chat/
 curl -sf -X POST "http://127.0.0.1:$PORT/stats/reset" >/dev/null
 
 DB_ARGS=()
-if [ -n "${DATABASE:-}" ]; then DB_ARGS=(--database "$DATABASE"); fi
+XACT_BEFORE=0
+if [ -n "${DATABASE:-}" ]; then
+  DB_ARGS=(--database "$DATABASE")
+  # Commits as PostgreSQL counts them, for the whole database (ingest included).
+  xact() { psql "$DATABASE" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
+  XACT_BEFORE=$(xact)
+fi
 /usr/bin/time -v "$BIN" run "$WORK/in.jsonl" --upstream "http://127.0.0.1:$PORT" \
   --concurrency $((CONC / MODELS)) "${DB_ARGS[@]}" 2> "$WORK/run.log" >/dev/null
 RATE=$(grep -oE '[0-9]+ requests/s\)' "$WORK/run.log" | grep -oE '^[0-9]+')
 WALL=$(grep 'Elapsed (wall clock)' "$WORK/run.log" | awk '{print $NF}')
 RSS_MB=$(( $(grep 'Maximum resident' "$WORK/run.log" | awk '{print $NF}') / 1024 ))
 COMMITS=$(grep -oE '[0-9.]+ commits per request' "$WORK/run.log" | awk '{print $1}')
+if [ -n "${DATABASE:-}" ]; then
+  sleep 1 # pg_stat_database is updated asynchronously
+  COMMITS="$COMMITS (pg: $(python3 -c "print(f'{($(xact) - $XACT_BEFORE) / $LINES:.4f}')"))"
+fi
 SERVED=$(curl -sf "http://127.0.0.1:$PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests_total"])')
 RATIO=$(python3 -c "print(f'{$RATE/$WRK:.2f}')")
 BACKEND=sqlite; [ -n "${DATABASE:-}" ] && BACKEND=postgres

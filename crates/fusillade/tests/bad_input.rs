@@ -142,7 +142,7 @@ rejected! {
     custom_id_not_ascii: "custom_id_non_ascii.jsonl" =>
         "Line 2: custom_id must be printable ASCII (it is sent as an HTTP header value)";
     duplicate_custom_id: "duplicate_custom_id.jsonl" =>
-        "Line 3: custom_id \"req-1\" is already used on line 1; each custom_id must be unique in the file";
+        "Line 3: custom_id \"req-1\" is already used on an earlier line; each custom_id must be unique in the file";
     missing_method: "missing_method.jsonl" => "Line 2: missing field \"method\"";
     method_not_a_string: "method_not_a_string.jsonl" => "Line 2: method must be a string";
     wrong_method: "wrong_method.jsonl" => "Line 2: method must be \"POST\" (got \"GET\")";
@@ -257,7 +257,7 @@ async fn a_bad_line_after_thousands_of_staged_lines_leaves_nothing() {
 #[tokio::test]
 async fn a_bad_last_line_without_a_newline_is_named() {
     let text = format!("{}\n{}", line("a", "hi"), line("a", "again"));
-    let expected = "Line 2: custom_id \"a\" is already used on line 1; each custom_id must be unique in the file";
+    let expected = "Line 2: custom_id \"a\" is already used on an earlier line; each custom_id must be unique in the file";
     assert_rejected(text.as_bytes(), InputLimits::default(), expected).await;
 }
 

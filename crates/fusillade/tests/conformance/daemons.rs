@@ -47,6 +47,32 @@ pub async fn daemons_register_heartbeat_stop_and_list(s: Arc<dyn Storage>) {
     assert_eq!(d.status, "stopped");
 }
 
+/// A daemon declared dead while it was only slow revives with its next heartbeat, so that
+/// the work it claims afterwards is not rescued from under it again and again.
+pub async fn heartbeat_revives_a_daemon_declared_dead(s: Arc<dyn Storage>) {
+    let slow = register(&s, "daemon_slow", t(0)).await;
+    let rescued = s
+        .request_rescue_stale(fusillade::storage::RescueParams {
+            heartbeat_before: t(30),
+            all_except: None,
+            now: t(40),
+        })
+        .await
+        .unwrap();
+    assert_eq!(rescued, 0);
+    let status = |list: Vec<fusillade::model::DaemonRecord>| {
+        list.into_iter().find(|d| d.id == slow).unwrap().status
+    };
+    assert_eq!(status(s.daemon_list().await.unwrap()), "dead");
+    s.daemon_heartbeat(&slow, t(41), 3).await.unwrap();
+    let list = s.daemon_list().await.unwrap();
+    let d = list.iter().find(|d| d.id == slow).unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.stopped_at, d.last_heartbeat),
+        ("running", None, t(41))
+    );
+}
+
 /// Waits (bounded) for `expected`, skipping other events.
 async fn expect_event(rx: &mut broadcast::Receiver<StorageEvent>, expected: StorageEvent) {
     let wait = async {

@@ -81,6 +81,7 @@ macro_rules! storage_conformance {
             rescue_in_cancelling_batch_cancels_instead,
             // daemons and events
             daemons_register_heartbeat_stop_and_list,
+            heartbeat_revives_a_daemon_declared_dead,
             events_announce_work_cancellation_and_finished_batches,
         );
     };

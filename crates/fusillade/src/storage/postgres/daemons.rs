@@ -29,8 +29,11 @@ pub(super) async fn heartbeat(
     finished: u64,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE daemons SET last_heartbeat = $2, requests_finished = $3 \
-         WHERE id = $1 AND status = 'running'",
+        // A daemon declared dead while it was only slow comes back to life: its old leases were
+        // rescued (its late outcomes are fenced off), and what it claims from now on is its own.
+        "UPDATE daemons SET last_heartbeat = $2, requests_finished = $3, \
+             status = 'running', stopped_at = NULL \
+         WHERE id = $1 AND status <> 'stopped'",
     )
     .bind(id.as_str())
     .bind(ms(now))
