@@ -147,3 +147,52 @@ async fn run_on_postgres_shares_work_with_live_workers_without_declaring_them_de
     assert_eq!(output.lines().count(), 2_000);
     mock.shutdown().await;
 }
+
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_worker_kills_at_random_moments_lose_nothing() {
+    let Some((db, storage, mock)) = setup(10).await else {
+        return;
+    };
+    let lines = 12_000;
+    let batch = create_batch(&storage, lines).await;
+    let mut workers = Workers::start(3, &db.url, &mock.base_url());
+    let mut rng = std::env::var("FUSILLADE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(7) as u64 | 1);
+    eprintln!("kill schedule seed: {rng} (replay with FUSILLADE_TEST_SEED={rng})");
+    let mut sends_when_finished = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let wait = Duration::from_millis(100 + next_random(&mut rng) % 500);
+        tokio::time::sleep(wait).await; // the kill moment itself is what is randomised
+        let victim = (next_random(&mut rng) % 3) as usize;
+        workers.0[victim].kill().expect("kill -9");
+        workers.0[victim].wait().expect("reap");
+        let sent = mock.stats().per_custom_id;
+        for id in completed_ids(&storage, &batch.id).await {
+            let n = sent.get(&id).copied().unwrap_or(0);
+            sends_when_finished.entry(id).or_insert(n);
+        }
+        workers.0[victim] = spawn_worker(&db.url, &mock.base_url());
+    }
+    wait_final(&storage, &batch.id, Duration::from_secs(180)).await;
+    let done = storage.batch_get(&Scope::All, &batch.id).await.unwrap();
+    assert_eq!(done.counts.completed, lines as u64);
+    assert_each_exactly_once(&storage, &batch.id, lines).await;
+    let sent = mock.stats().per_custom_id;
+    for (id, n) in &sends_when_finished {
+        assert_eq!(
+            sent.get(id),
+            Some(n),
+            "{id} had finished before a kill and was sent again"
+        );
+    }
+    mock.shutdown().await;
+}

@@ -252,3 +252,77 @@ async fn a_changed_input_is_refused_until_restart() {
     assert_each_exactly_once(dir.path(), 25);
     mock.shutdown().await;
 }
+
+/// A small deterministic generator, so a failing kill schedule can be replayed from its seed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("FUSILLADE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("kill schedule seed: {seed} (replay with FUSILLADE_TEST_SEED={seed})");
+    seed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_kills_at_random_moments_lose_nothing_and_resend_nothing_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = 1_500;
+    let input = write_input(dir.path(), lines);
+    let config = MockConfig {
+        latency: Duration::from_millis(10),
+        ..MockConfig::default()
+    };
+    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), config)
+        .await
+        .unwrap();
+    let mut rng = seed();
+    // Sends of each request at the moment it was first seen finished: a request in flight at a
+    // kill may go out again, but once finished it must never be sent again.
+    let mut sends_when_finished: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..20 {
+        let mut child = command(&input, &mock.base_url()).spawn().expect("spawn");
+        let wait = Duration::from_millis(50 + next_random(&mut rng) % 400);
+        tokio::time::sleep(wait).await; // the kill moment itself is what is randomised
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+        let done = completed_in_db(dir.path()).await;
+        assert!(
+            done.len() >= sends_when_finished.len(),
+            "round {round}: results lost"
+        );
+        let sent = mock.stats().per_custom_id;
+        for id in done {
+            let n = sent.get(&id).copied().unwrap_or(0);
+            sends_when_finished.entry(id).or_insert(n);
+        }
+    }
+    let out = run_to_end(&input, &mock.base_url());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_each_exactly_once(dir.path(), lines);
+    let sent = mock.stats().per_custom_id;
+    for (id, n) in &sends_when_finished {
+        assert_eq!(
+            sent.get(id),
+            Some(n),
+            "{id} had finished before a kill and was sent again"
+        );
+    }
+    mock.shutdown().await;
+}
