@@ -326,3 +326,46 @@ async fn twenty_kills_at_random_moments_lose_nothing_and_resend_nothing_finished
     }
     mock.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once_and_the_next_run_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = 50;
+    let input = write_input(dir.path(), lines);
+    let hanging = MockConfig {
+        fault: Some(fusillade_mock::Fault::Hang),
+        ..MockConfig::default()
+    };
+    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), hanging)
+        .await
+        .unwrap();
+    let mut child = command(&input, &mock.base_url()).spawn().expect("spawn");
+    wait_for_requests(&mock, 8).await;
+    let term = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        assert!(ok.expect("kill").success());
+    };
+    term(child.id());
+    // The first signal starts a drain that the hanging upstream keeps open (30 s by default);
+    // the second must end the process well before that.
+    let started = Instant::now();
+    let mut exited = None;
+    while started.elapsed() < Duration::from_secs(10) && exited.is_none() {
+        term(child.id());
+        tokio::time::sleep(Duration::from_millis(100)).await; // pacing the repeated signal
+        exited = child.try_wait().expect("try_wait");
+    }
+    let status = exited.expect("the second signal did not end the process");
+    assert_eq!(status.code(), Some(130));
+    mock.set_config(MockConfig::default());
+    let out = run_to_end(&input, &mock.base_url());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_each_exactly_once(dir.path(), lines);
+    mock.shutdown().await;
+}
