@@ -4,6 +4,8 @@ the error paths, asserting on what the SDK returns."""
 
 import io
 import json
+import os
+import subprocess
 import time
 
 import openai
@@ -179,3 +181,14 @@ def test_a_bad_key_is_an_authentication_error(stranger):
     with pytest.raises(openai.AuthenticationError) as e:
         stranger.files.list()
     assert e.value.code == "invalid_api_key"
+
+
+def test_an_open_server_refuses_a_public_address(tmp_path):
+    # No API keys and a non-loopback address: `serve` must refuse before listening.
+    env = {k: v for k, v in os.environ.items() if k != "FUSILLADE_API_KEYS"}
+    done = subprocess.run(
+        [os.environ["FUSILLADE_BIN"], "serve", "--listen", "0.0.0.0:0", "--upstream", "mock",
+         "--database", str(tmp_path / "open.db")],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "--allow-open" in done.stderr
