@@ -5,7 +5,8 @@
 #   - output download rate of a LARGE-request batch once it completed,
 #   - the server's resident memory (sampled every 100 ms) before and during each phase.
 #
-#   bench/api.sh [LARGE]        (default 1000000)
+#   bench/api.sh [LARGE]                      (default 1000000; SQLite)
+#   DATABASE=postgres://... bench/api.sh      (PostgreSQL; the database should be empty)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LARGE=${1:-1000000}
@@ -31,7 +32,7 @@ API=http://127.0.0.1:$PORT
 # Starts the server and an RSS sampler writing "<phase> <kB>" lines, the phase being whatever
 # $WORK/phase holds at the time.
 start_server() {
-  "$BIN" serve --listen "127.0.0.1:$PORT" --database "$WORK/api.db" --upstream mock \
+  "$BIN" serve --listen "127.0.0.1:$PORT" --database "${DATABASE:-$WORK/api.db}" --upstream mock \
     --config "$WORK/config.toml" 2>> "$WORK/serve.log" &
   SERVER=$!
   for _ in $(seq 1 100); do curl -sf "$API/readyz" >/dev/null && break; sleep 0.1; done
