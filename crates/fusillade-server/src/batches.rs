@@ -194,31 +194,7 @@ pub async fn create(
     let file_id = required(&body.input_file_id, "input_file_id")?;
     let endpoint = required(&body.endpoint, "endpoint")?;
     let window = required(&body.completion_window, "completion_window")?;
-    let config = &state.config;
-    if !config.allowed_endpoints.iter().any(|e| e == endpoint) {
-        return Err(ApiError::bad(
-            "endpoint",
-            format!(
-                "Unsupported endpoint '{endpoint}'. Supported: {}.",
-                config.allowed_endpoints.join(", ")
-            ),
-        ));
-    }
-    let duration = config
-        .completion_windows
-        .iter()
-        .any(|w| w == window)
-        .then(|| parse_completion_window(window))
-        .flatten()
-        .ok_or_else(|| {
-            ApiError::bad(
-                "completion_window",
-                format!(
-                    "Unsupported completion_window '{window}'. Allowed values: {}.",
-                    config.completion_windows.join(", ")
-                ),
-            )
-        })?;
+    let duration = check_target(&state.config, endpoint, window)?;
     let metadata = check_metadata(body.metadata)?;
     check_output_expiry(body.output_expires_after.as_ref())?;
     let file = visible_file(&state, &tenant, file_id, "input_file_id").await?;
@@ -247,6 +223,36 @@ pub async fn create(
         Err(StorageError::Conflict(message)) => Err(ApiError::bad("endpoint", message)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Checks the endpoint against the allowed ones and returns the window's length.
+fn check_target(
+    config: &crate::ApiConfig,
+    endpoint: &str,
+    window: &str,
+) -> Result<chrono::Duration, ApiError> {
+    if !config.allowed_endpoints.iter().any(|e| e == endpoint) {
+        return Err(ApiError::bad(
+            "endpoint",
+            format!(
+                "Unsupported endpoint '{endpoint}'. Supported: {}.",
+                config.allowed_endpoints.join(", ")
+            ),
+        ));
+    }
+    let allowed = config.completion_windows.iter().any(|w| w == window);
+    allowed
+        .then(|| parse_completion_window(window))
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::bad(
+                "completion_window",
+                format!(
+                    "Unsupported completion_window '{window}'. Allowed values: {}.",
+                    config.completion_windows.join(", ")
+                ),
+            )
+        })
 }
 
 /// OpenAI's metadata rules: an object of at most 16 string values, keys ≤ 64 characters,
