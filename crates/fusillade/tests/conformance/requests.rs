@@ -19,7 +19,6 @@ fn models(claims: &[(&str, u32)]) -> Vec<ModelClaim> {
             model: model.to_string(),
             max: *max,
             limit: u32::MAX,
-            unflushed: 0,
         })
         .collect()
 }
@@ -30,6 +29,7 @@ async fn claim_models(
     now: Timestamp,
 ) -> fusillade::storage::Claimed {
     let params = ClaimParams {
+        unflushed: None,
         daemon_id: daemon(),
         now,
         models: models(claims),
