@@ -83,12 +83,12 @@ async fn claim_latency(storage: &Arc<dyn Storage>, pending: usize) {
             model: format!("model-{m}"),
             max: PER_MODEL,
             limit: u32::MAX,
+            unflushed: 0,
         })
         .collect();
     let mut times = Vec::with_capacity(CLAIMS);
     for _ in 0..CLAIMS {
         let params = ClaimParams {
-            unflushed: None,
             daemon_id: daemon.clone(),
             now: chrono::Utc::now(),
             models: models.clone(),

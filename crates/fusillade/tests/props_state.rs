@@ -293,13 +293,13 @@ impl World {
         let claimed = self
             .storage
             .request_claim_many(ClaimParams {
-                unflushed: None,
                 daemon_id: self.daemons[d].0.clone(),
                 now: at(now),
                 models: vec![ModelClaim {
                     model: model.into(),
                     max,
                     limit: max,
+                    unflushed: 0,
                 }],
             })
             .await

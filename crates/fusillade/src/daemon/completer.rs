@@ -31,11 +31,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Finish, Str
         let mut group = Group::default();
         group.push(first);
         collect(&shared, &mut rx, &mut group).await;
-        // Uncounted before the write commits: until then a claim sees these as running in the
-        // database and not as unwritten, so it under-counts free slots (safe) and never
-        // counts them free twice.
-        shared.flushed(group.models.iter().map(String::as_str));
+        let _serialised = shared.claim_flush.lock().await;
         flush(&shared, &group.finishes).await;
+        shared.flushed(group.models.iter().map(String::as_str));
     }
 }
 
@@ -58,20 +56,12 @@ async fn collect(shared: &Shared, rx: &mut mpsc::Receiver<(Finish, String)>, gro
 async fn flush(shared: &Shared, buffer: &[Finish]) {
     let mut failures = 0u32;
     loop {
-        let started = std::time::Instant::now();
         match shared
             .storage
             .request_finish_many(buffer, chrono::Utc::now())
             .await
         {
             Ok(report) => {
-                let took = started.elapsed();
-                metrics::histogram!("fusillade_flush_seconds").record(took.as_secs_f64());
-                tracing::trace!(
-                    rows = buffer.len(),
-                    micros = took.as_micros() as u64,
-                    "flushed"
-                );
                 shared.stats.commits.fetch_add(1, Ordering::Relaxed);
                 shared
                     .stats

@@ -62,14 +62,16 @@ async fn coalesce(shared: &Shared, shutdown: &CancellationToken) {
 }
 
 /// One claim: every active model with free slots, in one transaction.
-async fn tick(shared: &Arc<Shared>, executor: &Executor) -> crate::storage::Result<Claimed> {
+async fn tick(shared: &Shared, executor: &Executor) -> crate::storage::Result<Claimed> {
     let models = shared.storage.batch_models_active().await?;
+    let _serialised = shared.claim_flush.lock().await;
     let claims: Vec<ModelClaim> = models
         .into_iter()
         .filter_map(|model| {
             let max = shared.free_slots(&model);
             (max > 0).then(|| ModelClaim {
                 limit: shared.config.concurrency.limit(&model),
+                unflushed: shared.unflushed(&model),
                 model,
                 max,
             })
@@ -78,23 +80,14 @@ async fn tick(shared: &Arc<Shared>, executor: &Executor) -> crate::storage::Resu
     if claims.is_empty() {
         return Ok(Claimed::default());
     }
-    let started = std::time::Instant::now();
     let claimed = shared
         .storage
         .request_claim_many(ClaimParams {
             daemon_id: shared.daemon_id.clone(),
             now: chrono::Utc::now(),
             models: claims,
-            unflushed: Some(unflushed_counts(shared)),
         })
         .await?;
-    let took = started.elapsed();
-    metrics::histogram!("fusillade_claim_seconds").record(took.as_secs_f64());
-    tracing::trace!(
-        rows = claimed.requests.len(),
-        micros = took.as_micros() as u64,
-        "claimed"
-    );
     shared.stats.commits.fetch_add(1, Ordering::Relaxed);
     shared
         .stats
@@ -108,11 +101,6 @@ async fn tick(shared: &Arc<Shared>, executor: &Executor) -> crate::storage::Resu
         executor.dispatch(req);
     }
     Ok(claimed)
-}
-
-fn unflushed_counts(shared: &Arc<Shared>) -> crate::storage::UnflushedCounts {
-    let shared = shared.clone();
-    Arc::new(move |model: &str| shared.unflushed(model))
 }
 
 /// The fallback poll, brought forward to the next scheduled retry.

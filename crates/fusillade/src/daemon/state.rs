@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<DaemonStats>,
     /// Wakes the scheduler: a slot was freed or new work may exist.
     pub(crate) wake: Notify,
+    /// Serialises claims with flushes, so a claim never counts a finished request both as
+    /// running in the database and as unflushed here.
+    pub(crate) claim_flush: tokio::sync::Mutex<()>,
     in_flight: Mutex<HashMap<String, u32>>,
     unflushed: Mutex<HashMap<String, u32>>,
     cancels: Mutex<HashMap<BatchId, (CancellationToken, u32)>>,
@@ -47,6 +50,7 @@ impl Shared {
             daemon_id: id,
             stats: Arc::new(DaemonStats::default()),
             wake: Notify::new(),
+            claim_flush: tokio::sync::Mutex::new(()),
             in_flight: Mutex::new(HashMap::new()),
             unflushed: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),

@@ -226,14 +226,13 @@ pub struct ModelClaim {
     /// The model's concurrency limit across every process on the database. Backends shared by
     /// several processes lease at most `limit` minus what is running anywhere.
     pub limit: u32,
+    /// Requests of this process that finished but whose outcome is not written yet: they still
+    /// look running in the database but hold no slot.
+    pub unflushed: u32,
 }
 
-/// How many of a model's requests this process finished without having written the outcome
-/// yet: they still look running in the database but hold no slot.
-pub type UnflushedCounts = Arc<dyn Fn(&str) -> u32 + Send + Sync>;
-
 /// Parameters of `request_claim_many`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ClaimParams {
     /// The claiming daemon.
     pub daemon_id: DaemonId,
@@ -241,20 +240,6 @@ pub struct ClaimParams {
     pub now: Timestamp,
     /// Models and how many of each to lease.
     pub models: Vec<ModelClaim>,
-    /// The claimer's unwritten outcomes. A backend enforcing limits across processes reads them
-    /// only after counting what runs in the database: an outcome written in between is then
-    /// either counted as running or already gone from these counts, never credited twice.
-    pub unflushed: Option<UnflushedCounts>,
-}
-
-impl std::fmt::Debug for ClaimParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClaimParams")
-            .field("daemon_id", &self.daemon_id)
-            .field("now", &self.now)
-            .field("models", &self.models)
-            .finish_non_exhaustive()
-    }
 }
 
 /// What a claim returned.

@@ -133,7 +133,6 @@ pub async fn claim_as(
     now: Timestamp,
 ) -> Vec<ClaimedRequest> {
     s.request_claim_many(ClaimParams {
-        unflushed: None,
         daemon_id: daemon.clone(),
         now,
         models: vec![ModelClaim {
@@ -141,6 +140,7 @@ pub async fn claim_as(
             max,
             // No cross-process limit in these cases: only `max` bounds the claim.
             limit: u32::MAX,
+            unflushed: 0,
         }],
     })
     .await

@@ -19,6 +19,7 @@ fn models(claims: &[(&str, u32)]) -> Vec<ModelClaim> {
             model: model.to_string(),
             max: *max,
             limit: u32::MAX,
+            unflushed: 0,
         })
         .collect()
 }
@@ -29,7 +30,6 @@ async fn claim_models(
     now: Timestamp,
 ) -> fusillade::storage::Claimed {
     let params = ClaimParams {
-        unflushed: None,
         daemon_id: daemon(),
         now,
         models: models(claims),

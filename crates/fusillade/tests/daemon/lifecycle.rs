@@ -286,13 +286,13 @@ async fn lease_to_a_crashed_daemon(store: &Store, n: u32) -> DaemonId {
         .await
         .expect("register");
     let claim = ClaimParams {
-        unflushed: None,
         daemon_id: dead.id.clone(),
         now: chrono::Utc::now(),
         models: vec![ModelClaim {
             model: "m1".into(),
             max: n,
             limit: n,
+            unflushed: 0,
         }],
     };
     let claimed = store

@@ -26,7 +26,7 @@ pub(super) async fn claim_many(pool: &PgPool, p: ClaimParams) -> Result<Claimed>
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let wanted = global_free(&mut tx, &p).await?;
+    let wanted = global_free(&mut tx, &p.models).await?;
     let requests = if wanted.is_empty() {
         Vec::new()
     } else {
@@ -48,8 +48,8 @@ pub(super) async fn claim_many(pool: &PgPool, p: ClaimParams) -> Result<Claimed>
 /// across all replicas: the limit minus what runs anywhere, plus this process's finished but
 /// unwritten ones. A transaction-scoped advisory lock per model, taken in model order (so two
 /// replicas cannot deadlock), keeps two replicas from taking the same free slots.
-async fn global_free(tx: &mut PgConnection, p: &ClaimParams) -> Result<Vec<(String, i64)>> {
-    let mut models: Vec<&ModelClaim> = p.models.iter().filter(|m| m.max > 0).collect();
+async fn global_free(tx: &mut PgConnection, models: &[ModelClaim]) -> Result<Vec<(String, i64)>> {
+    let mut models: Vec<&ModelClaim> = models.iter().filter(|m| m.max > 0).collect();
     models.sort_by(|a, b| a.model.cmp(&b.model));
     if models.is_empty() {
         return Ok(Vec::new());
@@ -75,9 +75,7 @@ async fn global_free(tx: &mut PgConnection, p: &ClaimParams) -> Result<Vec<(Stri
         .iter()
         .zip(running)
         .map(|(m, running)| {
-            // Read after the count: see `ClaimParams::unflushed`.
-            let unflushed = p.unflushed.as_ref().map_or(0, |f| f(&m.model));
-            let free = i64::from(m.limit) - running + i64::from(unflushed);
+            let free = i64::from(m.limit) - running + i64::from(m.unflushed);
             (m.model.clone(), free.clamp(0, i64::from(m.max)))
         })
         .filter(|(_, n)| *n > 0)
