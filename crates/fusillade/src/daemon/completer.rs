@@ -56,12 +56,20 @@ async fn collect(shared: &Shared, rx: &mut mpsc::Receiver<(Finish, String)>, gro
 async fn flush(shared: &Shared, buffer: &[Finish]) {
     let mut failures = 0u32;
     loop {
+        let started = std::time::Instant::now();
         match shared
             .storage
             .request_finish_many(buffer, chrono::Utc::now())
             .await
         {
             Ok(report) => {
+                let took = started.elapsed();
+                metrics::histogram!("fusillade_flush_seconds").record(took.as_secs_f64());
+                tracing::trace!(
+                    rows = buffer.len(),
+                    micros = took.as_micros() as u64,
+                    "flushed"
+                );
                 shared.stats.commits.fetch_add(1, Ordering::Relaxed);
                 shared
                     .stats

@@ -80,6 +80,7 @@ async fn tick(shared: &Shared, executor: &Executor) -> crate::storage::Result<Cl
     if claims.is_empty() {
         return Ok(Claimed::default());
     }
+    let started = std::time::Instant::now();
     let claimed = shared
         .storage
         .request_claim_many(ClaimParams {
@@ -88,6 +89,13 @@ async fn tick(shared: &Shared, executor: &Executor) -> crate::storage::Result<Cl
             models: claims,
         })
         .await?;
+    let took = started.elapsed();
+    metrics::histogram!("fusillade_claim_seconds").record(took.as_secs_f64());
+    tracing::trace!(
+        rows = claimed.requests.len(),
+        micros = took.as_micros() as u64,
+        "claimed"
+    );
     shared.stats.commits.fetch_add(1, Ordering::Relaxed);
     shared
         .stats
