@@ -357,7 +357,11 @@ async fn a_second_signal_exits_at_once_and_the_next_run_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await; // pacing the repeated signal
         exited = child.try_wait().expect("try_wait");
     }
-    let status = exited.expect("the second signal did not end the process");
+    let Some(status) = exited else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the second signal did not end the process");
+    };
     assert_eq!(status.code(), Some(130));
     mock.set_config(MockConfig::default());
     let out = run_to_end(&input, &mock.base_url());
