@@ -71,29 +71,10 @@ pub(super) async fn create(pool: &PgPool, p: BatchCreate) -> Result<Batch> {
     .bind(p.expires_at.map(ms))
     .fetch_one(&mut *tx)
     .await?;
-    let rows = populate(&mut tx, seq, file_seq, deadline_key(p.expires_at)).await?;
+    populate(&mut tx, seq, file_seq, deadline_key(p.expires_at)).await?;
     notify(&mut tx, &StorageEvent::WorkAvailable).await?;
     tx.commit().await?;
-    refresh_statistics(pool, rows).await;
     get(pool, &Scope::All, &id).await
-}
-
-/// Rows inserted at once beyond which the planner's statistics are refreshed right away.
-const ANALYZE_AFTER_ROWS: i64 = 10_000;
-
-/// After a large batch, statistics are stale until autovacuum gets to them, and a planner
-/// without them re-sorts the batch for every page of a download (seen: 270 ms a page against
-/// 1.7 ms). ANALYZE samples a fixed number of rows, so it stays cheap on large tables.
-async fn refresh_statistics(pool: &PgPool, rows: i64) {
-    if rows < ANALYZE_AFTER_ROWS {
-        return;
-    }
-    if let Err(e) = sqlx::query("ANALYZE requests, templates")
-        .execute(pool)
-        .await
-    {
-        tracing::warn!(error = %e, "ANALYZE after a large batch failed; plans may be slow until autovacuum runs");
-    }
 }
 
 async fn check_endpoint(pool: &PgPool, file_seq: i64, endpoint: Option<&str>) -> Result<String> {
