@@ -108,7 +108,7 @@ async fn wait_for_requests(mock: &MockServer, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while mock.stats().requests_total < at_least {
         assert!(Instant::now() < deadline, "the run never got going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; the loop is bounded by a deadline
     }
 }
 

@@ -255,7 +255,7 @@ async fn a_read_only_file_system_is_refused_clearly_and_the_batch_resumes_when_w
     let deadline = Instant::now() + PATIENCE;
     while let Err(e) = fs.remount("ro") {
         assert!(Instant::now() < deadline, "cannot remount read-only: {e}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; the loop is bounded by a deadline
     }
     let refused = match SqliteStorage::open(&db).await {
         Err(e) => e.to_string(),

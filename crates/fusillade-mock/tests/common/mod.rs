@@ -74,6 +74,6 @@ pub async fn wait_until(mut condition: impl FnMut() -> bool) {
             Instant::now() < deadline,
             "condition not reached within 10s"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll interval; the loop is bounded by a deadline
     }
 }
