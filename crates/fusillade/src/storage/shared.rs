@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::model::{Finish, Outcome, RequestState};
+use crate::storage::ResultFilter;
 
 /// Error code of a request aborted because its batch was cancelled.
 pub(crate) const CANCELLED_CODE: &str = "batch_cancelled";
@@ -132,5 +133,16 @@ impl CounterDeltas {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// The condition on `r.state` (the requests table aliased `r`) selecting a result page's rows;
+/// the same SQL on every backend. States are our own constants, never user text.
+pub(crate) fn result_filter_sql(filter: ResultFilter) -> String {
+    match filter {
+        ResultFilter::Output => "r.state = 'completed'".into(),
+        ResultFilter::Errors => "r.state IN ('failed', 'expired', 'cancelled')".into(),
+        ResultFilter::State(st) => format!("r.state = '{}'", st.as_str()),
+        ResultFilter::All => "TRUE".into(),
     }
 }

@@ -11,10 +11,10 @@ use super::rows::{
 use crate::model::{Batch, BatchId, BatchStatus, FileId, FilePurpose, RequestState, Timestamp};
 use crate::storage::shared::{
     CANCELLED_CODE, CANCELLED_MESSAGE, CounterDeltas, EXPIRED_CODE, EXPIRED_MESSAGE,
+    result_filter_sql,
 };
 use crate::storage::{
-    BatchCreate, BatchList, Page, Result, ResultFilter, ResultPage, ResultRow, Scope, StorageError,
-    StorageEvent,
+    BatchCreate, BatchList, Page, Result, ResultPage, ResultRow, Scope, StorageError, StorageEvent,
 };
 
 pub(super) async fn create(pool: &PgPool, p: BatchCreate) -> Result<Batch> {
@@ -370,15 +370,6 @@ pub(super) async fn models_active(pool: &PgPool) -> Result<Vec<String>> {
     .await?)
 }
 
-fn filter_sql(filter: ResultFilter) -> String {
-    match filter {
-        ResultFilter::Output => "r.state = 'completed'".into(),
-        ResultFilter::Errors => "r.state IN ('failed', 'expired', 'cancelled')".into(),
-        ResultFilter::State(st) => format!("r.state = '{}'", st.as_str()),
-        ResultFilter::All => "TRUE".into(),
-    }
-}
-
 pub(super) async fn result_page(
     pool: &PgPool,
     scope: &Scope,
@@ -392,7 +383,7 @@ pub(super) async fn result_page(
              CASE WHEN $4 THEN t.body END AS input_body \
          FROM requests r JOIN templates t ON t.id = r.template_id \
          WHERE r.batch_seq = $1 AND r.line > $2 AND {} ORDER BY r.line LIMIT $3",
-        filter_sql(p.filter)
+        result_filter_sql(p.filter)
     );
     let rows = sqlx::query(&sql)
         .bind(seq)

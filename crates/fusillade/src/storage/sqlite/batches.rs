@@ -8,10 +8,11 @@ use super::rows::{
     BATCH_COLUMNS, NO_DEADLINE, apply_deltas, batch_from_row, finalize_batches, ms, state,
 };
 use crate::model::{Batch, BatchId, BatchStatus, FileId, FilePurpose, RequestState, Timestamp};
-use crate::storage::shared::{CANCELLED_MESSAGE, CounterDeltas, EXPIRED_MESSAGE};
+use crate::storage::shared::{
+    CANCELLED_MESSAGE, CounterDeltas, EXPIRED_MESSAGE, result_filter_sql,
+};
 use crate::storage::{
-    BatchCreate, BatchList, Page, Result, ResultFilter, ResultPage, ResultRow, Scope, StorageError,
-    StorageEvent,
+    BatchCreate, BatchList, Page, Result, ResultPage, ResultRow, Scope, StorageError, StorageEvent,
 };
 
 pub(super) async fn create(s: &SqliteStorage, p: BatchCreate) -> Result<Batch> {
@@ -378,15 +379,6 @@ pub(super) async fn models_active(s: &SqliteStorage) -> Result<Vec<String>> {
     .await?)
 }
 
-fn filter_sql(filter: ResultFilter) -> String {
-    match filter {
-        ResultFilter::Output => "r.state = 'completed'".into(),
-        ResultFilter::Errors => "r.state IN ('failed', 'expired', 'cancelled')".into(),
-        ResultFilter::State(st) => format!("r.state = '{}'", st.as_str()),
-        ResultFilter::All => "1".into(),
-    }
-}
-
 pub(super) async fn result_page(
     s: &SqliteStorage,
     scope: &Scope,
@@ -400,7 +392,7 @@ pub(super) async fn result_page(
              CASE WHEN ?4 THEN t.body END AS input_body \
          FROM requests r JOIN templates t ON t.id = r.template_id \
          WHERE r.batch_seq = ?1 AND r.line > ?2 AND {} ORDER BY r.line LIMIT ?3",
-        filter_sql(p.filter)
+        result_filter_sql(p.filter)
     );
     let rows = sqlx::query(&sql)
         .bind(seq)
