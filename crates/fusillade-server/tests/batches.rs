@@ -6,14 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ACME, GLOBEX, TestApi, ids, lines};
-use fusillade::upstream::{Upstream, Upstreams};
-use fusillade::{Daemon, DaemonConfig};
+use common::{ACME, GLOBEX, TestApi, ids, lines, start_daemon};
 use fusillade_mock::{Fault, MockConfig, MockServer};
 use fusillade_server::ApiConfig;
 use http::StatusCode;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 fn create_body(file: &Value) -> Value {
     json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"})
@@ -302,24 +299,6 @@ async fn cancel_is_idempotent_and_leaves_final_batches_unchanged() {
         .assert_error(404, "invalid_request_error", Some("batch_id"));
 }
 
-/// A daemon over the API's storage, sending to `mock`, until the token is cancelled.
-fn start_daemon(
-    api: &TestApi,
-    mock: &MockServer,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let mut config = DaemonConfig::default();
-    config.retry.max_attempts = 1;
-    config.poll_interval = Duration::from_millis(50);
-    let upstreams = Upstreams::new(Upstream::new(&mock.base_url()).unwrap());
-    let daemon = Daemon::new(api.storage.clone(), config, upstreams).unwrap();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move { daemon.run(stop).await.unwrap() }
-    });
-    (stop, task)
-}
-
 async fn wait_for_status(api: &TestApi, id: &str, status: &str) -> Value {
     let uri = format!("/v1/batches/{id}");
     fusillade_testkit::wait_until(Duration::from_secs(20), status, || async {
@@ -339,7 +318,7 @@ async fn results_show_each_line_and_retry_resends_the_failed_ones() {
     let mock = MockServer::start(([127, 0, 0, 1], 0).into(), failing)
         .await
         .unwrap();
-    let (stop, daemon) = start_daemon(&api, &mock);
+    let (stop, daemon) = start_daemon(&api.storage, &mock);
     let batch = api.batch(ACME, &lines(5)).await;
     let id = batch["id"].as_str().unwrap();
     let done = wait_for_status(&api, id, "completed").await;

@@ -5,50 +5,14 @@
 //! installed; `.ci/run` makes one). Without it the test prints a loud SKIPPED line, unless
 //! `FUSILLADE_REQUIRE_SDK=1`, which makes that a failure.
 //!
-//! The binary belongs to another crate, so Cargo gives this test no path to it. The test builds
-//! it with the same Cargo, target directory and profile that built this test: a no-op when it
-//! is up to date, and never a stale binary left from an earlier build.
+//! The binary is built by `common::binary::build_binary`, with this test's own profile.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
-/// Builds `fusillade` beside this test's own executable and returns its path.
-fn build_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/sdk-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("target dir");
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "fusillade-cli",
-            "--bin",
-            "fusillade",
-        ])
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(target_dir);
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(status.success(), "building the fusillade binary failed");
-    let binary = profile_dir.join(format!("fusillade{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        binary.exists(),
-        "{} missing after the build",
-        binary.display()
-    );
-    binary
-}
+use common::binary::build_binary;
 
 #[test]
 fn openai_python_sdk_drives_fusillade_serve() {

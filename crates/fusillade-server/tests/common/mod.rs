@@ -2,15 +2,22 @@
 //! multipart) with API keys, and response readers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod binary;
+pub mod served;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use fusillade::Storage;
+use fusillade::upstream::{Upstream, Upstreams};
+use fusillade::{Daemon, DaemonConfig, Storage};
+use fusillade_mock::MockServer;
 use fusillade_server::{ApiConfig, ApiKeyEntry, AppState, Tenants, router};
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 /// Key of tenant `acme`.
@@ -203,6 +210,53 @@ impl Reply {
         assert_eq!(error["param"].as_str(), param, "{body}");
         error["message"].as_str().unwrap().to_string()
     }
+
+    /// Asserts this status and exactly OpenAI's error shape: a JSON object with only `error`,
+    /// holding only `message` and `type` (strings), `param` and `code` (string or null).
+    /// Returns the error object.
+    #[track_caller]
+    pub fn assert_openai_error(&self, status: u16) -> Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        let content_type = self
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap());
+        assert_eq!(content_type, Some("application/json"), "{}", self.text());
+        let body = self.json();
+        let outer: Vec<&String> = body.as_object().expect("an object").keys().collect();
+        assert_eq!(outer, ["error"], "{body}");
+        let error = body["error"].as_object().expect("error is an object");
+        let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["code", "message", "param", "type"], "{body}");
+        assert!(
+            error["message"].is_string() && error["type"].is_string(),
+            "{body}"
+        );
+        for key in ["param", "code"] {
+            assert!(error[key].is_string() || error[key].is_null(), "{body}");
+        }
+        body["error"].clone()
+    }
+}
+
+/// A daemon over `storage` sending to `mock` with one attempt per request, until the token is
+/// cancelled.
+pub fn start_daemon(
+    storage: &Arc<dyn Storage>,
+    mock: &MockServer,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut config = DaemonConfig::default();
+    config.retry.max_attempts = 1;
+    config.poll_interval = Duration::from_millis(50);
+    let upstreams = Upstreams::new(Upstream::new(&mock.base_url()).unwrap());
+    let daemon = Daemon::new(storage.clone(), config, upstreams).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { daemon.run(stop).await.unwrap() }
+    });
+    (stop, task)
 }
 
 /// `n` valid chat lines, custom ids `r0`…, models `m0`/`m1` alternating.
