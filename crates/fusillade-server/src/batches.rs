@@ -185,7 +185,7 @@ fn required<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str
 /// Creates a batch from an uploaded file.
 #[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = CreateBatch,
     responses((status = 200, body = BatchObject), (status = 400, body = ErrorResponse),
-        (status = 404, body = ErrorResponse)))]
+        (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse)))]
 pub async fn create(
     State(state): State<AppState>,
     tenant: Tenant,

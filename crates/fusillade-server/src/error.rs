@@ -73,6 +73,9 @@ pub enum ApiError {
     /// 413: the upload is larger than the limit.
     #[error("{0}")]
     TooLarge(String),
+    /// 413: a (JSON) request body is larger than the limit.
+    #[error("{0}")]
+    BodyTooLarge(String),
     /// 429: too much work at once; retry after the given seconds.
     #[error("{message}")]
     Busy {
@@ -115,7 +118,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge(_) | ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -134,6 +137,7 @@ impl ApiError {
                 Some("file"),
                 Some("file_too_large"),
             ),
+            ApiError::BodyTooLarge(_) => ("invalid_request_error", None, Some("request_too_large")),
             ApiError::Busy { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             ApiError::Unavailable(_) | ApiError::Internal(_) => ("server_error", None, None),
         };
@@ -190,6 +194,14 @@ impl IntoResponse for ApiError {
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
             _ => {}
+        }
+        if matches!(
+            self,
+            ApiError::Busy { .. } | ApiError::TooLarge(_) | ApiError::BodyTooLarge(_)
+        ) {
+            // The request body is left unread, so the server closes the connection after this
+            // answer: saying so keeps the client from sending its next request on it.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
             .extensions_mut()

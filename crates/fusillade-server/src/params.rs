@@ -8,6 +8,10 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
+/// Largest JSON request body. The create request, the only JSON body, needs a few KiB at most
+/// (metadata is 16 short pairs).
+pub(crate) const JSON_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 /// `axum::Json`, but a malformed body is an [`ApiError`] in OpenAI's shape.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApiJson<T>(pub T);
@@ -18,6 +22,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            // Too large is not malformed: 413, as the upload's size limit.
+            Err(rejection) if rejection.status() == http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::BodyTooLarge(format!(
+                    "The request body is larger than the limit of {JSON_BODY_LIMIT} bytes."
+                )))
+            }
             Err(rejection) => Err(ApiError::BadRequest {
                 message: rejection.body_text(),
                 param: None,

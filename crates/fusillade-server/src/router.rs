@@ -6,6 +6,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::error::ApiError;
+use crate::params::JSON_BODY_LIMIT;
 use crate::state::AppState;
 use crate::upload::MULTIPART_OVERHEAD;
 use crate::{auth, batches, content, files, health, middleware, openapi, results, upload};
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(middleware::observe))
