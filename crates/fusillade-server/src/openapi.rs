@@ -3,6 +3,7 @@
 
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::{batches, content, files, health, results, upload};
@@ -20,7 +21,7 @@ use crate::{batches, content, files, health, results, upload};
         results::results, results::retry,
         health::healthz, health::readyz, health::metrics, openapi_json,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Unauthorized),
     security(("bearer" = [])),
     tags(
         (name = "files", description = "OpenAI Files API (purpose batch)"),
@@ -40,6 +41,30 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Every `/v1` operation sits behind the key check, so every one can answer 401; the handlers'
+/// annotations list only their own answers.
+struct Unauthorized;
+
+impl Modify for Unauthorized {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let schema = Ref::from_schema_name("ErrorResponse");
+        let response = ResponseBuilder::new()
+            .description("No API key, or an unknown one")
+            .content("application/json", Content::new(Some(schema)))
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let operations = [&mut item.get, &mut item.post, &mut item.delete];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                responses.insert("401".into(), response.clone().into());
+            }
+        }
     }
 }
 

@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(middleware::require_utf8_path))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)
 }

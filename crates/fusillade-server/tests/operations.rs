@@ -81,6 +81,12 @@ async fn the_openapi_document_describes_every_route() {
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
     );
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let documents_401 = operation["responses"].get("401").is_some();
+            assert_eq!(documents_401, path.starts_with("/v1/"), "{method} {path}");
+        }
+    }
 }
 
 #[tokio::test]
@@ -92,4 +98,31 @@ async fn unknown_routes_and_methods_answer_in_openai_shape() {
     api.delete("/v1/batches/batch_x", ACME)
         .await
         .assert_error(405, "invalid_request_error", None);
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_utf8_is_400_in_openai_shape() {
+    let api = TestApi::new().await;
+    for path in [
+        "/v1/files/%FF",
+        "/v1/files/%FF/content",
+        "/v1/files/file-%C3%28/stats",
+        "/v1/batches/%FE",
+        "/v1/batches/batch_%80/results",
+    ] {
+        let reply = api.get(path, ACME).await;
+        let error = reply.assert_openai_error(400);
+        assert!(
+            error["message"].as_str().unwrap().contains("UTF-8"),
+            "{path}: {error}"
+        );
+    }
+    let method = common::request("POST", "/v1/batches/%FF/cancel", ACME);
+    let reply = api
+        .send(method.body(axum::body::Body::empty()).unwrap())
+        .await;
+    reply.assert_openai_error(400);
+    // Escapes that decode to UTF-8 reach the handler as before.
+    let reply = api.get("/v1/files/file-%C3%A9", ACME).await;
+    reply.assert_error(404, "invalid_request_error", Some("id"));
 }

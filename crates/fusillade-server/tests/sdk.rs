@@ -12,18 +12,11 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::binary::build_binary;
+use common::binary::{build_binary, venv_python};
 
 #[test]
 fn openai_python_sdk_drives_fusillade_serve() {
-    let Some(python) = std::env::var_os("FUSILLADE_SDK_PYTHON") else {
-        if std::env::var("FUSILLADE_REQUIRE_SDK").is_ok_and(|v| v == "1") {
-            panic!("FUSILLADE_REQUIRE_SDK=1 but FUSILLADE_SDK_PYTHON is not set");
-        }
-        eprintln!(
-            "SKIPPED (no SDK venv: set FUSILLADE_SDK_PYTHON to a Python with \
-             crates/fusillade-server/tests/sdk/requirements.txt installed; .ci/run does)"
-        );
+    let Some(python) = venv_python("SDK", "sdk") else {
         return;
     };
     let binary = build_binary();

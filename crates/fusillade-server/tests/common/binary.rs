@@ -1,5 +1,5 @@
 //! The real `fusillade` binary: built on demand, and `fusillade serve` run as a child process
-//! on a port the kernel picks.
+//! on a port the kernel picks; and the Python venvs of the suites that drive it.
 //!
 //! The binary belongs to another crate, so Cargo gives these tests no path to it. It is built
 //! with the same Cargo, target directory and profile that built the test: a no-op when it is up
@@ -44,6 +44,27 @@ pub fn build_binary() -> PathBuf {
     let binary = profile_dir.join(format!("fusillade{}", std::env::consts::EXE_SUFFIX));
     assert!(binary.exists(), "{} missing", binary.display());
     binary
+}
+
+/// The Python interpreter named by `FUSILLADE_<NAME>_PYTHON`, a venv with
+/// `tests/<dir>/requirements.txt` installed (`.ci/run` makes one). Without it: `None` after a
+/// loud SKIPPED line, or a failure when `FUSILLADE_REQUIRE_<NAME>=1` (as in CI).
+pub fn venv_python(name: &str, dir: &str) -> Option<std::ffi::OsString> {
+    let (variable, require) = (
+        format!("FUSILLADE_{name}_PYTHON"),
+        format!("FUSILLADE_REQUIRE_{name}"),
+    );
+    if let Some(python) = std::env::var_os(&variable) {
+        return Some(python);
+    }
+    if std::env::var(&require).is_ok_and(|v| v == "1") {
+        panic!("{require}=1 but {variable} is not set");
+    }
+    eprintln!(
+        "SKIPPED (no venv: set {variable} to a Python with \
+         crates/fusillade-server/tests/{dir}/requirements.txt installed; .ci/run does)"
+    );
+    None
 }
 
 /// A running `fusillade serve`. Its stderr is read on a thread until the process ends; the
