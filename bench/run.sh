@@ -5,6 +5,10 @@
 #
 #   bench/run.sh [LINES] [TOTAL_CONCURRENCY]      (defaults: 100000 256)
 #   DATABASE=postgres://... bench/run.sh           (PostgreSQL instead of SQLite)
+#
+# The CPU column is CPU milliseconds per 1,000 requests of the fusillade process (and, on
+# PostgreSQL, of the database's backends, from bench/pgcpu.py): it holds steady when other work
+# shares the cores, where requests/s does not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINES=${1:-100000}
@@ -33,10 +37,20 @@ if [ -n "${DATABASE:-}" ]; then
   xact() { psql "$DATABASE" -Atc "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"; }
   XACT_BEFORE=$(xact)
 fi
+if [ -n "${DATABASE:-}" ]; then
+  python3 bench/pgcpu.py "$DATABASE" > "$WORK/pgcpu" &
+  PGCPU=$!
+fi
 /usr/bin/time -v "$BIN" run "$WORK/in.jsonl" --upstream "http://127.0.0.1:$PORT" \
   --concurrency $((CONC / MODELS)) "${DB_ARGS[@]}" 2> "$WORK/run.log" >/dev/null
 RATE=$(grep -oE '[0-9]+ requests/s\)' "$WORK/run.log" | grep -oE '^[0-9]+')
 WALL=$(grep 'Elapsed (wall clock)' "$WORK/run.log" | awk '{print $NF}')
+RUN_CPU_MS=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%d", s * 1000}' "$WORK/run.log")
+CPU="$(( RUN_CPU_MS * 1000 / LINES ))"
+if [ -n "${DATABASE:-}" ]; then
+  kill -TERM $PGCPU && wait $PGCPU
+  CPU="$CPU + pg $(( $(cat "$WORK/pgcpu") * 1000 / LINES ))"
+fi
 RSS_MB=$(( $(grep 'Maximum resident' "$WORK/run.log" | awk '{print $NF}') / 1024 ))
 COMMITS=$(grep -oE '[0-9.]+ commits per request' "$WORK/run.log" | awk '{print $1}')
 if [ -n "${DATABASE:-}" ]; then
@@ -46,4 +60,4 @@ fi
 SERVED=$(curl -sf "http://127.0.0.1:$PORT/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests_total"])')
 RATIO=$(python3 -c "print(f'{$RATE/$WRK:.2f}')")
 BACKEND=sqlite; [ -n "${DATABASE:-}" ] && BACKEND=postgres
-echo "| $BACKEND | $LINES | $CONC | $RATE | $WRK | $RATIO | $COMMITS | $RSS_MB | $WALL | $SERVED |"
+echo "| $BACKEND | $LINES | $CONC | $RATE | $WRK | $RATIO | $COMMITS | $CPU | $RSS_MB | $WALL | $SERVED |"

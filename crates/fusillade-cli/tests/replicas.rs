@@ -175,8 +175,11 @@ async fn twenty_worker_kills_at_random_moments_lose_nothing() {
         let victim = (next_random(&mut rng) % 3) as usize;
         workers.0[victim].kill().expect("kill -9");
         workers.0[victim].wait().expect("reap");
+        // Finished rows first, sends second: a request that another worker sends and finishes
+        // between the two reads then carries all its sends, instead of looking resent later.
+        let done = completed_ids(&storage, &batch.id).await;
         let sent = mock.stats().per_custom_id;
-        for id in completed_ids(&storage, &batch.id).await {
+        for id in done {
             let n = sent.get(&id).copied().unwrap_or(0);
             sends_when_finished.entry(id).or_insert(n);
         }

@@ -83,7 +83,7 @@ async fn claim_latency(storage: &Arc<dyn Storage>, pending: usize) {
             model: format!("model-{m}"),
             max: PER_MODEL,
             limit: u32::MAX,
-            unflushed: 0,
+            in_flight: 0,
         })
         .collect();
     let mut times = Vec::with_capacity(CLAIMS);

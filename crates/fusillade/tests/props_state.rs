@@ -299,7 +299,7 @@ impl World {
                     model: model.into(),
                     max,
                     limit: max,
-                    unflushed: 0,
+                    in_flight: 0,
                 }],
             })
             .await

@@ -12,35 +12,18 @@ use super::error_backoff;
 use super::state::Shared;
 use crate::model::Finish;
 
-/// Outcomes waiting to be written, with the model of each.
-#[derive(Default)]
-struct Group {
-    finishes: Vec<Finish>,
-    models: Vec<String>,
-}
-
-impl Group {
-    fn push(&mut self, (finish, model): (Finish, String)) {
-        self.finishes.push(finish);
-        self.models.push(model);
-    }
-}
-
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<(Finish, String)>) {
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Finish>) {
     while let Some(first) = rx.recv().await {
-        let mut group = Group::default();
-        group.push(first);
+        let mut group = vec![first];
         collect(&shared, &mut rx, &mut group).await;
-        let _serialised = shared.claim_flush.lock().await;
-        flush(&shared, &group.finishes).await;
-        shared.flushed(group.models.iter().map(String::as_str));
+        flush(&shared, &group).await;
     }
 }
 
 /// Adds outcomes to `group` until it is full or the flush interval since the first one ends.
-async fn collect(shared: &Shared, rx: &mut mpsc::Receiver<(Finish, String)>, group: &mut Group) {
+async fn collect(shared: &Shared, rx: &mut mpsc::Receiver<Finish>, group: &mut Vec<Finish>) {
     let deadline = Instant::now() + shared.config.flush_interval;
-    while group.finishes.len() < shared.config.flush_max {
+    while group.len() < shared.config.flush_max {
         tokio::select! {
             item = rx.recv() => match item {
                 Some(item) => group.push(item),

@@ -16,7 +16,7 @@ use crate::upstream::UpstreamClient;
 pub(crate) struct Executor {
     shared: Arc<Shared>,
     client: UpstreamClient,
-    completer: mpsc::Sender<(Finish, String)>,
+    completer: mpsc::Sender<Finish>,
     tracker: TaskTracker,
     /// Cancelled when the drain deadline passes: unfinished calls are released.
     abort: CancellationToken,
@@ -26,7 +26,7 @@ impl Executor {
     pub(crate) fn new(
         shared: Arc<Shared>,
         client: UpstreamClient,
-        completer: mpsc::Sender<(Finish, String)>,
+        completer: mpsc::Sender<Finish>,
         tracker: TaskTracker,
         abort: CancellationToken,
     ) -> Self {
@@ -62,8 +62,7 @@ impl Executor {
                 lease: req.lease,
                 outcome,
             };
-            shared.outcome_ready(&req.model);
-            if completer.send((finish, req.model.clone())).await.is_err() {
+            if completer.send(finish).await.is_err() {
                 tracing::error!(request_id = req.id, "completer gone; outcome dropped");
             }
             shared.end_call(&req.model);

@@ -64,16 +64,17 @@ async fn coalesce(shared: &Shared, shutdown: &CancellationToken) {
 /// One claim: every active model with free slots, in one transaction.
 async fn tick(shared: &Shared, executor: &Executor) -> crate::storage::Result<Claimed> {
     let models = shared.storage.batch_models_active().await?;
-    let _serialised = shared.claim_flush.lock().await;
     let claims: Vec<ModelClaim> = models
         .into_iter()
         .filter_map(|model| {
-            let max = shared.free_slots(&model);
-            (max > 0).then(|| ModelClaim {
-                limit: shared.config.concurrency.limit(&model),
-                unflushed: shared.unflushed(&model),
+            let limit = shared.config.concurrency.limit(&model);
+            let in_flight = shared.in_flight(&model);
+            let max = limit.saturating_sub(in_flight);
+            (max > 0).then_some(ModelClaim {
                 model,
                 max,
+                limit,
+                in_flight,
             })
         })
         .collect();

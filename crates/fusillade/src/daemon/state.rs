@@ -34,11 +34,7 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<DaemonStats>,
     /// Wakes the scheduler: a slot was freed or new work may exist.
     pub(crate) wake: Notify,
-    /// Serialises claims with flushes, so a claim never counts a finished request both as
-    /// running in the database and as unflushed here.
-    pub(crate) claim_flush: tokio::sync::Mutex<()>,
     in_flight: Mutex<HashMap<String, u32>>,
-    unflushed: Mutex<HashMap<String, u32>>,
     cancels: Mutex<HashMap<BatchId, (CancellationToken, u32)>>,
 }
 
@@ -50,23 +46,19 @@ impl Shared {
             daemon_id: id,
             stats: Arc::new(DaemonStats::default()),
             wake: Notify::new(),
-            claim_flush: tokio::sync::Mutex::new(()),
             in_flight: Mutex::new(HashMap::new()),
-            unflushed: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Free slots of `model` right now.
-    pub(crate) fn free_slots(&self, model: &str) -> u32 {
-        let used = self
-            .in_flight
+    /// Calls of `model` in flight now.
+    pub(crate) fn in_flight(&self, model: &str) -> u32 {
+        self.in_flight
             .lock()
             .expect("in-flight lock")
             .get(model)
             .copied()
-            .unwrap_or(0);
-        self.config.concurrency.limit(model).saturating_sub(used)
+            .unwrap_or(0)
     }
 
     /// Counts `n` new calls of `model` in flight.
@@ -82,17 +74,6 @@ impl Shared {
             .fetch_add(u64::from(n), Ordering::Relaxed);
     }
 
-    /// A call of `model` has an outcome about to be queued for writing. Counted before it is
-    /// queued, so the completer can never write it before it is counted.
-    pub(crate) fn outcome_ready(&self, model: &str) {
-        *self
-            .unflushed
-            .lock()
-            .expect("unflushed lock")
-            .entry(model.to_string())
-            .or_insert(0) += 1;
-    }
-
     /// One call of `model` ended and its outcome is queued: its slot is free. Wakes the
     /// scheduler.
     pub(crate) fn end_call(&self, model: &str) {
@@ -106,22 +87,6 @@ impl Shared {
         }
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.wake.notify_one();
-    }
-
-    /// Outcomes of `model` queued but not written yet.
-    pub(crate) fn unflushed(&self, model: &str) -> u32 {
-        let map = self.unflushed.lock().expect("unflushed lock");
-        map.get(model).copied().unwrap_or(0)
-    }
-
-    /// Outcomes of these models were written.
-    pub(crate) fn flushed<'a>(&self, models: impl Iterator<Item = &'a str>) {
-        let mut map = self.unflushed.lock().expect("unflushed lock");
-        for model in models {
-            if let Some(n) = map.get_mut(model) {
-                *n = n.saturating_sub(1);
-            }
-        }
     }
 
     /// The cancellation token of `batch`, counted as used by one more call.

@@ -224,11 +224,12 @@ pub struct ModelClaim {
     /// Most requests to lease for it now: this process's free slots.
     pub max: u32,
     /// The model's concurrency limit across every process on the database. Backends shared by
-    /// several processes lease at most `limit` minus what is running anywhere.
+    /// several processes lease at most `limit` minus `in_flight` minus what other daemons run.
     pub limit: u32,
-    /// Requests of this process that finished but whose outcome is not written yet: they still
-    /// look running in the database but hold no slot.
-    pub unflushed: u32,
+    /// Calls of this model this process has in flight now. Its own rows are counted from here
+    /// rather than from the database, where a finished call looks running until its outcome is
+    /// written; so claims need no ordering with outcome writes.
+    pub in_flight: u32,
 }
 
 /// Parameters of `request_claim_many`.

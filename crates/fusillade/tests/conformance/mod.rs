@@ -68,6 +68,7 @@ macro_rules! storage_conformance {
             result_page_paginates_by_line_with_optional_input,
             // requests
             claim_respects_per_model_max_and_requested_models,
+            claim_holds_a_model_limit_across_daemons,
             claim_orders_by_deadline_then_batch_then_line,
             retry_is_not_claimable_before_not_before,
             finish_completed_and_failed_store_results,
@@ -140,7 +141,7 @@ pub async fn claim_as(
             max,
             // No cross-process limit in these cases: only `max` bounds the claim.
             limit: u32::MAX,
-            unflushed: 0,
+            in_flight: 0,
         }],
     })
     .await

@@ -19,7 +19,7 @@ fn models(claims: &[(&str, u32)]) -> Vec<ModelClaim> {
             model: model.to_string(),
             max: *max,
             limit: u32::MAX,
-            unflushed: 0,
+            in_flight: 0,
         })
         .collect()
 }
@@ -48,6 +48,37 @@ async fn batch_from(s: &Arc<dyn Storage>, file: &File, now: i64, deadline: Optio
         now: t(now),
     };
     s.batch_create(params).await.unwrap()
+}
+
+/// A model's `limit` holds across daemons: a claim takes at most the limit minus the claiming
+/// process's own calls in flight minus the rows other daemons run. Its own running rows are not
+/// counted from the database (a finished call looks running there until its outcome is written).
+pub async fn claim_holds_a_model_limit_across_daemons(s: Arc<dyn Storage>) {
+    create_batch(&s, ALICE, &["m"; 12], t(0), None).await;
+    let limited = |daemon_id: &str, in_flight: u32| ClaimParams {
+        daemon_id: fusillade::model::DaemonId::from_string(daemon_id),
+        now: t(1),
+        models: vec![ModelClaim {
+            model: "m".into(),
+            max: 100,
+            limit: 5,
+            in_flight,
+        }],
+    };
+    let first = s.request_claim_many(limited("daemon_a", 0)).await.unwrap();
+    assert_eq!(first.requests.len(), 5);
+    // Daemon A's five rows fill the limit for B.
+    let second = s.request_claim_many(limited("daemon_b", 0)).await.unwrap();
+    assert!(second.requests.is_empty());
+    // A's own rows are its business: with two of them still in flight it may take three more.
+    let third = s.request_claim_many(limited("daemon_a", 2)).await.unwrap();
+    assert_eq!(third.requests.len(), 3);
+    // Once A's rows are finished, B gets the limit minus its own calls in flight.
+    for r in first.requests.iter().chain(&third.requests) {
+        finish(&s, r, ok(&r.custom_id), t(2)).await;
+    }
+    let fourth = s.request_claim_many(limited("daemon_b", 1)).await.unwrap();
+    assert_eq!(fourth.requests.len(), 4);
 }
 
 /// Each model gets at most its `max`; models not asked for (or with `max` 0) get nothing.

@@ -292,7 +292,7 @@ async fn lease_to_a_crashed_daemon(store: &Store, n: u32) -> DaemonId {
             model: "m1".into(),
             max: n,
             limit: n,
-            unflushed: 0,
+            in_flight: 0,
         }],
     };
     let claimed = store

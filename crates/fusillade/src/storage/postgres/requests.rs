@@ -26,7 +26,7 @@ pub(super) async fn claim_many(pool: &PgPool, p: ClaimParams) -> Result<Claimed>
     .bind(now)
     .execute(&mut *tx)
     .await?;
-    let wanted = global_free(&mut tx, &p.models).await?;
+    let wanted = global_free(&mut tx, p.daemon_id.as_str(), &p.models).await?;
     let requests = if wanted.is_empty() {
         Vec::new()
     } else {
@@ -45,10 +45,14 @@ pub(super) async fn claim_many(pool: &PgPool, p: ClaimParams) -> Result<Claimed>
 }
 
 /// How many requests of each model this claim may take so that every model's limit holds
-/// across all replicas: the limit minus what runs anywhere, plus this process's finished but
-/// unwritten ones. A transaction-scoped advisory lock per model, taken in model order (so two
+/// across all replicas: the limit minus this process's calls in flight minus the rows other
+/// daemons run. A transaction-scoped advisory lock per model, taken in model order (so two
 /// replicas cannot deadlock), keeps two replicas from taking the same free slots.
-async fn global_free(tx: &mut PgConnection, models: &[ModelClaim]) -> Result<Vec<(String, i64)>> {
+async fn global_free(
+    tx: &mut PgConnection,
+    me: &str,
+    models: &[ModelClaim],
+) -> Result<Vec<(String, i64)>> {
     let mut models: Vec<&ModelClaim> = models.iter().filter(|m| m.max > 0).collect();
     models.sort_by(|a, b| a.model.cmp(&b.model));
     if models.is_empty() {
@@ -62,20 +66,29 @@ async fn global_free(tx: &mut PgConnection, models: &[ModelClaim]) -> Result<Vec
     .bind(&names)
     .execute(&mut *tx)
     .await?;
+    // The running-rows index fills with entries of rows that have since finished. A plain
+    // index scan marks those dead as it passes, so the next count skips them; the bitmap scan
+    // the planner prefers never does, and visited thousands of heap pages per count (1.4 ms a
+    // model, against 0.05 ms). Transaction-scoped, so nothing outlives this claim.
+    sqlx::query("SELECT set_config('enable_bitmapscan', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
     // A separate statement: under READ COMMITTED it takes a fresh snapshot, which sees every
     // claim committed by whoever held the locks before us.
-    let running: Vec<i64> = sqlx::query_scalar(
-        "SELECT (SELECT COUNT(*) FROM requests r WHERE r.state = 'running' AND r.model = u.model) \
+    let running_elsewhere: Vec<i64> = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM requests r \
+             WHERE r.state = 'running' AND r.model = u.model AND r.daemon_id <> $2) \
          FROM unnest($1::text[]) WITH ORDINALITY AS u(model, ord) ORDER BY u.ord",
     )
     .bind(&names)
+    .bind(me)
     .fetch_all(&mut *tx)
     .await?;
     Ok(models
         .iter()
-        .zip(running)
-        .map(|(m, running)| {
-            let free = i64::from(m.limit) - running + i64::from(m.unflushed);
+        .zip(running_elsewhere)
+        .map(|(m, elsewhere)| {
+            let free = i64::from(m.limit) - elsewhere - i64::from(m.in_flight);
             (m.model.clone(), free.clamp(0, i64::from(m.max)))
         })
         .filter(|(_, n)| *n > 0)

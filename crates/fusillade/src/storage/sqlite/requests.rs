@@ -25,11 +25,15 @@ pub(super) async fn claim_many(s: &SqliteStorage, p: ClaimParams) -> Result<Clai
     .await?;
     let mut ids: Vec<i64> = Vec::new();
     for m in p.models.iter().filter(|m| m.max > 0) {
+        // At most `max`, and never past the model's limit counted with other daemons' rows
+        // (left by a dead predecessor until they are rescued).
         let mut claimed: Vec<i64> = sqlx::query_scalar(
             "UPDATE requests SET state = 'running', daemon_id = ?1, lease = ?2, started_at = ?3 \
              WHERE id IN (SELECT id FROM requests \
                  WHERE state = 'pending' AND not_before IS NULL AND model = ?4 \
-                 ORDER BY deadline, id LIMIT ?5) \
+                 ORDER BY deadline, id \
+                 LIMIT max(0, min(?5, ?6 - (SELECT COUNT(*) FROM requests \
+                     WHERE state = 'running' AND model = ?4 AND daemon_id <> ?1)))) \
              RETURNING id",
         )
         .bind(p.daemon_id.as_str())
@@ -37,6 +41,7 @@ pub(super) async fn claim_many(s: &SqliteStorage, p: ClaimParams) -> Result<Clai
         .bind(now)
         .bind(&m.model)
         .bind(i64::from(m.max))
+        .bind(i64::from(m.limit) - i64::from(m.in_flight))
         .fetch_all(&mut *tx)
         .await?;
         ids.append(&mut claimed);
