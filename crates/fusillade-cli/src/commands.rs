@@ -7,15 +7,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{MigrateArgs, MockArgs, WorkerArgs};
 use crate::engine::{self, FileConfig};
+use crate::lockfile;
 use crate::signals;
 
 /// `fusillade worker`: the daemon alone, until a signal.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<i32> {
     let file = FileConfig::load(args.engine.config.as_deref())?;
+    let sqlite_lock = lockfile::hold_if_sqlite(&args.database)?;
     let storage = storage::open_with(&args.database, !args.skip_migrations)
         .await
         .with_context(|| format!("cannot open database {}", args.database))?;
-    let engine = engine::resolve(&args.engine, &file).await?;
+    let mut engine = engine::resolve(&args.engine, &file).await?;
+    engine.config.exclusive = sqlite_lock.is_some();
     let daemon = Daemon::new(storage, engine.config, engine.upstreams)?;
     let token = CancellationToken::new();
     let task = tokio::spawn(daemon.run(token.clone()));

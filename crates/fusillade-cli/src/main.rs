@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod engine;
+mod lockfile;
 mod progress;
 mod run;
 mod serve;

@@ -8,7 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use fs4::fs_std::FileExt;
 use fusillade::input::InputLimits;
 use fusillade::model::{Batch, BatchId};
 use fusillade::output::{ResultFile, write_results};
@@ -18,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::engine::{self, FileConfig};
+use crate::lockfile;
 use crate::progress::Progress;
 use crate::signals;
 
@@ -45,11 +45,8 @@ fn paths(args: &RunArgs, file: &FileConfig) -> anyhow::Result<Paths> {
         .clone()
         .or_else(|| file.database.clone())
         .unwrap_or_else(|| beside("fusillade.db").display().to_string());
-    let lock = match database.strip_prefix("sqlite://") {
-        _ if storage::is_postgres(&database) => beside("fusillade.lock"),
-        Some(path) => PathBuf::from(format!("{path}.lock")),
-        None => PathBuf::from(format!("{database}.lock")),
-    };
+    // On PostgreSQL the lock still keeps two `run`s of one input apart.
+    let lock = lockfile::sqlite_lock_path(&database).unwrap_or_else(|| beside("fusillade.lock"));
     Ok(Paths {
         output: args
             .output
@@ -69,7 +66,7 @@ fn paths(args: &RunArgs, file: &FileConfig) -> anyhow::Result<Paths> {
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let file = FileConfig::load(args.engine.config.as_deref())?;
     let paths = paths(&args, &file)?;
-    let _lock = lock(&paths.lock)?;
+    let _lock = lockfile::hold(&paths.lock)?;
     let storage = storage::open(&paths.database)
         .await
         .with_context(|| format!("cannot open database {}", paths.database))?;
@@ -104,23 +101,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         eprintln!("Stopped. Run the same command again to resume.");
     }
     Ok(0)
-}
-
-/// Holds the database's lock file: one `run` at a time per database.
-fn lock(path: &Path) -> anyhow::Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot create lock file {}", path.display()))?;
-    match file.try_lock_exclusive() {
-        Ok(true) => Ok(file),
-        _ => bail!(
-            "another fusillade process is using this run's database (lock file {} is held)",
-            path.display()
-        ),
-    }
 }
 
 async fn find_or_create_batch(

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::ServeArgs;
 use crate::engine::{self, FileConfig};
+use crate::lockfile;
 use crate::signals;
 
 /// How long requests in progress (long downloads) may run on after a shutdown signal.
@@ -71,10 +72,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         .clone()
         .or_else(|| config.engine.database.clone())
         .unwrap_or_else(|| "fusillade.db".into());
+    let sqlite_lock = lockfile::hold_if_sqlite(&database)?;
     let storage = storage::open(&database)
         .await
         .with_context(|| format!("cannot open database {database}"))?;
-    let engine = engine::resolve(&args.engine, &config.engine).await?;
+    let mut engine = engine::resolve(&args.engine, &config.engine).await?;
+    engine.config.exclusive = sqlite_lock.is_some();
     let mut state = AppState::new(storage.clone(), config.api, tenants)?;
     match fusillade_server::install_prometheus() {
         Ok(handle) => state = state.with_metrics(handle),
