@@ -5,6 +5,7 @@
 #
 #   bench/run.sh [LINES] [TOTAL_CONCURRENCY]      (defaults: 100000 256)
 #   DATABASE=postgres://... bench/run.sh           (PostgreSQL instead of SQLite)
+#   FUSILLADE_BIN=/path/to/fusillade bench/run.sh  (that binary instead of a fresh release build)
 #
 # The CPU column is CPU milliseconds per 1,000 requests of the fusillade process (and, on
 # PostgreSQL, of the database's backends, from bench/pgcpu.py): it holds steady when other work
@@ -15,8 +16,11 @@ LINES=${1:-100000}
 CONC=${2:-256}
 MODELS=4
 PORT=${PORT:-18080}
-cargo build --release -q -p fusillade-cli
-BIN=$PWD/target/release/fusillade
+if [ -z "${FUSILLADE_BIN:-}" ]; then
+  cargo build --release -q -p fusillade-cli
+fi
+# FUSILLADE_BIN=path compares another build (an A/B run) against the same mock and wrk.
+BIN=${FUSILLADE_BIN:-$PWD/target/release/fusillade}
 WORK=$(mktemp -d)
 trap 'kill $MOCK 2>/dev/null || true; rm -rf "$WORK"' EXIT
 

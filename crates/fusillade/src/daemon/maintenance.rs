@@ -89,11 +89,14 @@ pub(crate) async fn forward_events(shared: Arc<Shared>, stop: CancellationToken)
             e = events.recv() => e,
         };
         match event {
-            Ok(StorageEvent::WorkAvailable) => shared.wake.notify_one(),
+            Ok(StorageEvent::WorkAvailable) | Err(RecvError::Lagged(_)) => {
+                shared.models_changed.store(true, Ordering::Release);
+                shared.wake.notify_one();
+            }
             Ok(StorageEvent::BatchCancelled(id)) | Ok(StorageEvent::BatchFinished(id)) => {
+                shared.models_changed.store(true, Ordering::Release);
                 shared.cancel_batch(&id)
             }
-            Err(RecvError::Lagged(_)) => shared.wake.notify_one(),
             Err(RecvError::Closed) => return,
         }
     }

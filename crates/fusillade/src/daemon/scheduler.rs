@@ -14,13 +14,13 @@ use super::executor::Executor;
 use super::state::Shared;
 use crate::storage::{ClaimParams, Claimed, ModelClaim};
 
-/// How long the scheduler waits for more slots to free before claiming a small batch: claims
-/// of one or two rows would cost a transaction each.
+/// How long the scheduler waits for more slots to free before claiming a small batch.
 const COALESCE: Duration = Duration::from_millis(2);
 
 pub(crate) async fn run(shared: Arc<Shared>, executor: &Executor, shutdown: CancellationToken) {
     let mut next_poll = Instant::now();
     let mut failures = 0u32;
+    let mut models = ActiveModels::default();
     loop {
         tokio::select! {
             biased;
@@ -28,11 +28,16 @@ pub(crate) async fn run(shared: Arc<Shared>, executor: &Executor, shutdown: Canc
             _ = shared.wake.notified() => {}
             _ = sleep_until(next_poll) => {}
         }
-        coalesce(&shared, &shutdown).await;
+        let result = async {
+            let active = models.get(&shared).await?;
+            coalesce(&shared, active, &shutdown).await;
+            tick(&shared, executor, active).await
+        }
+        .await;
         if shutdown.is_cancelled() {
             return;
         }
-        match tick(&shared, executor).await {
+        match result {
             Ok(claimed) => {
                 failures = 0;
                 next_poll = next_wake(&shared, &claimed);
@@ -48,11 +53,39 @@ pub(crate) async fn run(shared: Arc<Shared>, executor: &Executor, shutdown: Canc
     }
 }
 
-/// When slots are freeing one by one, waits briefly so that one claim serves several.
-async fn coalesce(shared: &Shared, shutdown: &CancellationToken) {
-    let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
-    let limit = u64::from(shared.config.concurrency.default);
-    if in_flight == 0 || in_flight + limit / 4 <= limit {
+/// The models of unfinished batches, read again only when a storage event says batches came or
+/// went, or after a poll interval (events can be missed): one query less per claim.
+#[derive(Default)]
+struct ActiveModels {
+    models: Vec<String>,
+    read_at: Option<Instant>,
+}
+
+impl ActiveModels {
+    async fn get(&mut self, shared: &Shared) -> crate::storage::Result<&[String]> {
+        let expired = self
+            .read_at
+            .is_none_or(|at| at.elapsed() >= shared.config.poll_interval);
+        // Taken before the read, so an event during it makes the next claim read again.
+        if shared.models_changed.swap(false, Ordering::AcqRel) || expired {
+            self.read_at = None;
+            self.models = shared.storage.batch_models_active().await?;
+            self.read_at = Some(Instant::now());
+        }
+        Ok(&self.models)
+    }
+}
+
+/// When only a few slots are free, waits briefly so that one claim serves several: claims of
+/// one or two rows would cost a transaction each.
+async fn coalesce(shared: &Shared, models: &[String], shutdown: &CancellationToken) {
+    let (mut limit, mut free) = (0u32, 0u32);
+    for model in models {
+        let model_limit = shared.config.concurrency.limit(model);
+        limit += model_limit;
+        free += model_limit.saturating_sub(shared.in_flight(model));
+    }
+    if free == limit || free >= limit / 4 {
         return;
     }
     tokio::select! {
@@ -62,16 +95,19 @@ async fn coalesce(shared: &Shared, shutdown: &CancellationToken) {
 }
 
 /// One claim: every active model with free slots, in one transaction.
-async fn tick(shared: &Shared, executor: &Executor) -> crate::storage::Result<Claimed> {
-    let models = shared.storage.batch_models_active().await?;
+async fn tick(
+    shared: &Shared,
+    executor: &Executor,
+    models: &[String],
+) -> crate::storage::Result<Claimed> {
     let claims: Vec<ModelClaim> = models
-        .into_iter()
+        .iter()
         .filter_map(|model| {
-            let limit = shared.config.concurrency.limit(&model);
-            let in_flight = shared.in_flight(&model);
+            let limit = shared.config.concurrency.limit(model);
+            let in_flight = shared.in_flight(model);
             let max = limit.saturating_sub(in_flight);
-            (max > 0).then_some(ModelClaim {
-                model,
+            (max > 0).then(|| ModelClaim {
+                model: model.clone(),
                 max,
                 limit,
                 in_flight,

@@ -2,7 +2,7 @@
 //! tokens and live statistics.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) stats: Arc<DaemonStats>,
     /// Wakes the scheduler: a slot was freed or new work may exist.
     pub(crate) wake: Notify,
+    /// Batches were created or finished since the scheduler last read the active models.
+    pub(crate) models_changed: AtomicBool,
     in_flight: Mutex<HashMap<String, u32>>,
     cancels: Mutex<HashMap<BatchId, (CancellationToken, u32)>>,
 }
@@ -46,6 +48,7 @@ impl Shared {
             daemon_id: id,
             stats: Arc::new(DaemonStats::default()),
             wake: Notify::new(),
+            models_changed: AtomicBool::new(true),
             in_flight: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
         }
