@@ -321,7 +321,15 @@ impl World {
             let deadline = self.batches[row.batch].deadline.unwrap_or(i64::MAX);
             (deadline, row.batch, row.line)
         });
-        claimable.truncate(max as usize);
+        // The limit (here equal to `max`) counts the model's rows other daemons run.
+        let running_elsewhere = self
+            .rows
+            .iter()
+            .filter(|row| {
+                row.state == RequestState::Running && row.model == model && row.daemon != Some(d)
+            })
+            .count();
+        claimable.truncate((max as usize).saturating_sub(running_elsewhere));
         let got: Vec<usize> = claimed
             .requests
             .iter()
