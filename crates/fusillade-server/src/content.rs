@@ -2,7 +2,7 @@
 //!
 //! Input files are re-serialised from their stored templates in line order (each body exactly
 //! as uploaded). Output and error files are rendered from the batch's results with
-//! `fusillade::output::render_line`, and can be read while the batch runs: `X-Incomplete: true`
+//! `fusillade::output::render_lines`, and can be read while the batch runs: `X-Incomplete: true`
 //! says more lines may still arrive. The body is a stream, never collected, so memory stays
 //! flat for a million-line file. `Accept` is ignored, so the SDK's `application/binary` works.
 
@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use fusillade::Storage;
 use fusillade::model::{BatchId, FileId, FilePurpose, NewTemplate};
-use fusillade::output::render_line;
+use fusillade::output::render_lines;
 use fusillade::storage::{ResultFilter, ResultPage, ResultRow, Scope, StorageError};
 use futures::{Stream, StreamExt, stream};
 use http::{HeaderValue, header};
@@ -28,9 +28,13 @@ use crate::error::{ApiError, ErrorResponse};
 use crate::files::visible_file;
 use crate::state::AppState;
 
-/// Rows read per storage call: large enough that a download is not dominated by round trips,
-/// small enough that one page of large responses stays a few MB.
-const PAGE_ROWS: u32 = 2_000;
+/// Result rows read per storage call: large enough that a download is not dominated by round
+/// trips, small enough that one page of large responses stays a few MB. A result page arrives
+/// as one packed value, and at 2,000 rows (~1 MB) every copy of it faulted in fresh memory;
+/// 500 measured as fast as 250 and 1,000.
+const PAGE_ROWS: u32 = 500;
+/// Input-file lines read per storage call.
+const INPUT_PAGE_ROWS: u32 = 2_000;
 /// Pages read ahead of the one being rendered.
 const PREFETCH: usize = 2;
 
@@ -120,7 +124,7 @@ fn render_template(t: &NewTemplate, out: &mut String) {
 /// [`PREFETCH`] pages wait, and the task stops when the client goes away.
 fn paged<R, F, Fut>(
     mut fetch: F,
-    render: impl Fn(&[R]) -> String + Send + 'static,
+    render: impl Fn(&[R]) -> Bytes + Send + 'static,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
 where
     R: Send + 'static,
@@ -148,7 +152,7 @@ where
     })
     .take_while(|page| std::future::ready(!matches!(page, Ok(None))))
     .map(move |page| match page {
-        Ok(Some((rows, _))) => Ok(Bytes::from(render(&rows))),
+        Ok(Some((rows, _))) => Ok(render(&rows)),
         Ok(None) => Ok(Bytes::new()),
         Err(e) => Err(broken(e)),
     })
@@ -162,14 +166,16 @@ fn input_lines(
     let fetch = move |after| {
         let (storage, scope, id) = (storage.clone(), scope.clone(), id.clone());
         async move {
-            let page = storage.template_page(&scope, &id, after, PAGE_ROWS).await?;
+            let page = storage
+                .template_page(&scope, &id, after, INPUT_PAGE_ROWS)
+                .await?;
             Ok(page.last().map(|t| t.line).map(|last| (page, last)))
         }
     };
     paged(fetch, |page: &[NewTemplate]| {
         let mut chunk = String::with_capacity(page.len() * 256);
         page.iter().for_each(|t| render_template(t, &mut chunk));
-        chunk
+        Bytes::from(chunk)
     })
 }
 
@@ -195,10 +201,8 @@ fn result_lines(
         }
     };
     paged(fetch, move |rows: &[ResultRow]| {
-        let mut chunk = String::with_capacity(rows.len() * 512);
-        rows.iter()
-            .filter_map(|row| render_line(&batch, row))
-            .for_each(|line| chunk.push_str(&line));
-        chunk
+        let mut chunk = Vec::with_capacity(rows.len() * 512);
+        render_lines(&batch, rows, &mut chunk);
+        Bytes::from(chunk)
     })
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::model::{BatchId, RequestState, public_request_id};
+use crate::model::{BatchId, RequestState};
 use crate::storage::{ResultFilter, ResultPage, ResultRow, Scope, Storage, StorageError};
 
 /// Rows read per storage call while writing a file.
@@ -17,17 +17,39 @@ const PAGE_ROWS: u32 = 1_000;
 
 #[derive(Serialize)]
 struct Line<'a> {
-    id: String,
+    id: PublicId<'a>,
     custom_id: &'a str,
     response: Option<Response<'a>>,
     error: Option<ErrorBody<'a>>,
 }
 
+/// A request's public id, written straight into the line rather than formatted apart first.
+#[derive(Clone, Copy)]
+struct PublicId<'a> {
+    batch: &'a BatchId,
+    line: u64,
+}
+
+impl Serialize for PublicId<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let suffix = self.batch.as_str().trim_start_matches(BatchId::PREFIX);
+        s.collect_str(&format_args!("batch_req_{suffix}{:08x}", self.line))
+    }
+}
+
 #[derive(Serialize)]
 struct Response<'a> {
     status_code: u16,
-    request_id: String,
+    request_id: RequestId<'a>,
     body: Body<'a>,
+}
+
+/// The upstream's `x-request-id`, or our public id when it sent none.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum RequestId<'a> {
+    Upstream(&'a str),
+    Public(PublicId<'a>),
 }
 
 /// A body as returned upstream: embedded as JSON when it is JSON, as a string otherwise.
@@ -51,34 +73,42 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
-/// Renders one result row as a JSONL line (with its trailing newline) for the output or error
-/// file. Rows that are not final yet render as `None`.
-pub fn render_line(batch: &BatchId, row: &ResultRow) -> Option<String> {
-    if !row.state.is_final() {
-        return None;
+/// Appends the JSONL lines (each with its trailing newline) of `rows` to `out`, for the output
+/// or error file; rows that are not final yet are skipped. Returns the number of lines.
+/// Writing a whole page into one buffer keeps rendering free of per-line allocations.
+pub fn render_lines(batch: &BatchId, rows: &[ResultRow], out: &mut Vec<u8>) -> u64 {
+    let mut written = 0;
+    for row in rows.iter().filter(|row| row.state.is_final()) {
+        serde_json::to_writer(&mut *out, &line(batch, row)).expect("line serializes");
+        out.push(b'\n');
+        written += 1;
     }
-    let public_id = public_request_id(batch, row.line);
+    written
+}
+
+fn line<'a>(batch: &'a BatchId, row: &'a ResultRow) -> Line<'a> {
+    let id = PublicId {
+        batch,
+        line: row.line,
+    };
     let response = row.status_code.map(|status_code| Response {
         status_code,
-        request_id: row
-            .upstream_request_id
-            .clone()
-            .unwrap_or_else(|| public_id.clone()),
+        request_id: match &row.upstream_request_id {
+            Some(upstream) => RequestId::Upstream(upstream),
+            None => RequestId::Public(id),
+        },
         body: body(row.response_body.as_deref().unwrap_or("")),
     });
     let error = (row.state != RequestState::Completed).then(|| ErrorBody {
         code: row.error_code.as_deref().unwrap_or("failed"),
         message: row.error_message.as_deref().unwrap_or("the request failed"),
     });
-    let line = Line {
-        id: public_id,
+    Line {
+        id,
         custom_id: &row.custom_id,
         response,
         error,
-    };
-    let mut text = serde_json::to_string(&line).expect("line serializes");
-    text.push('\n');
-    Some(text)
+    }
 }
 
 fn body(text: &str) -> Body<'_> {
@@ -112,7 +142,7 @@ pub async fn write_results<W: AsyncWrite + Unpin>(
     };
     let mut after_line = 0;
     let mut written = 0u64;
-    let mut chunk = String::new();
+    let mut chunk = Vec::new();
     loop {
         let rows = storage
             .result_page(
@@ -129,13 +159,8 @@ pub async fn write_results<W: AsyncWrite + Unpin>(
         let Some(last) = rows.last() else { break };
         after_line = last.line;
         chunk.clear();
-        for row in &rows {
-            if let Some(line) = render_line(batch, row) {
-                chunk.push_str(&line);
-                written += 1;
-            }
-        }
-        out.write_all(chunk.as_bytes()).await?;
+        written += render_lines(batch, &rows, &mut chunk);
+        out.write_all(&chunk).await?;
     }
     out.flush().await?;
     Ok(written)
@@ -150,4 +175,65 @@ pub enum WriteError {
     /// Writing the file failed.
     #[error("writing results failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::public_request_id;
+
+    fn row(line: u64, state: RequestState) -> ResultRow {
+        ResultRow {
+            line,
+            custom_id: "c\"1".into(),
+            state,
+            attempts: 1,
+            status_code: None,
+            response_body: None,
+            upstream_request_id: None,
+            error_code: None,
+            error_message: None,
+            input_body: None,
+        }
+    }
+
+    /// The exact bytes of output and error lines, including the public id (written here
+    /// without going through `public_request_id`, so the two must agree).
+    #[test]
+    fn lines_render_in_the_openai_format() {
+        let batch = BatchId::from_string("batch_abc");
+        let completed = ResultRow {
+            status_code: Some(200),
+            response_body: Some("{\"x\": [1, 2]}".into()),
+            upstream_request_id: Some("up-9".into()),
+            ..row(0x1f, RequestState::Completed)
+        };
+        let failed = ResultRow {
+            status_code: Some(500),
+            response_body: Some("oops <not json>".into()),
+            error_code: Some("server_error".into()),
+            ..row(2, RequestState::Failed)
+        };
+        let expired = row(3, RequestState::Expired);
+        let rows = [completed, row(4, RequestState::Running), failed, expired];
+        let mut out = Vec::new();
+        assert_eq!(render_lines(&batch, &rows, &mut out), 3);
+        let id = |line| public_request_id(&batch, line);
+        let expected = [
+            format!(
+                r#"{{"id":"{}","custom_id":"c\"1","response":{{"status_code":200,"request_id":"up-9","body":{{"x": [1, 2]}}}},"error":null}}"#,
+                id(0x1f)
+            ),
+            format!(
+                r#"{{"id":"{}","custom_id":"c\"1","response":{{"status_code":500,"request_id":"{}","body":"oops <not json>"}},"error":{{"code":"server_error","message":"the request failed"}}}}"#,
+                id(2),
+                id(2)
+            ),
+            format!(
+                r#"{{"id":"{}","custom_id":"c\"1","response":null,"error":{{"code":"failed","message":"the request failed"}}}}"#,
+                id(3)
+            ),
+        ];
+        assert_eq!(String::from_utf8(out).unwrap(), expected.join("\n") + "\n");
+    }
 }

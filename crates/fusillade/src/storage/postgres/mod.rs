@@ -163,7 +163,7 @@ impl Storage for PostgresStorage {
     }
 
     async fn result_page(&self, scope: &Scope, params: ResultPage) -> Result<Vec<ResultRow>> {
-        batches::result_page(&self.pool, scope, params).await
+        rows::result_page(&self.pool, scope, params).await
     }
 
     async fn request_claim_many(&self, params: ClaimParams) -> Result<Claimed> {

@@ -1,16 +1,16 @@
-//! Conversions between PostgreSQL rows and domain types, and the batch-counter statements
-//! shared by the request and batch operations.
+//! Conversions between PostgreSQL rows and domain types, the batch-counter statements shared
+//! by the request and batch operations, and result pages.
 
 use chrono::{DurationRound, TimeDelta};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::model::{
     Batch, BatchError, BatchId, BatchStatus, File, FileId, FilePurpose, RequestCounts,
     RequestState, Timestamp,
 };
-use crate::storage::shared::CounterDeltas;
-use crate::storage::{Result, Scope, StorageError};
+use crate::storage::shared::{CounterDeltas, result_page_rows, result_page_sql};
+use crate::storage::{Result, ResultPage, ResultRow, Scope, StorageError};
 
 /// Timestamps are kept at millisecond precision, as on every backend.
 pub(super) fn ms(t: Timestamp) -> Timestamp {
@@ -178,4 +178,37 @@ RETURNING id
     .fetch_all(&mut *conn)
     .await?;
     Ok(finished.into_iter().map(BatchId::from_string).collect())
+}
+
+/// Planner settings for a result page, set with `SET LOCAL` semantics (`set_config(…, true)`)
+/// so nothing outlives the transaction, as transaction pooling requires. On a freshly finished
+/// batch the planner has no statistics, guesses a handful of matching rows and prefers a
+/// bitmap scan of the whole rest of the batch plus a sort, for every page; without those
+/// options the only plan left is the keyset walk along `requests_by_batch`.
+const RESULT_PAGE_PLANNER: &str = "SELECT set_config('enable_seqscan', 'off', true), \
+     set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true), \
+     set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)";
+
+/// A page of a batch's results, in line order, read as one packed value (see
+/// `storage::shared`) so the driver decodes one row per page, not per request.
+pub(super) async fn result_page(
+    pool: &PgPool,
+    scope: &Scope,
+    p: ResultPage,
+) -> Result<Vec<ResultRow>> {
+    let sql = result_page_sql(p.filter, '$');
+    let (owner, all) = scope_binds(scope);
+    let mut tx = pool.begin().await?;
+    sqlx::query(RESULT_PAGE_PLANNER).execute(&mut *tx).await?;
+    let (seq, page): (Option<i64>, Option<String>) = sqlx::query_as(&sql)
+        .bind(p.batch_id.as_str())
+        .bind(all)
+        .bind(owner)
+        .bind(p.after_line as i64)
+        .bind(i64::from(p.limit))
+        .bind(p.with_input)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    result_page_rows(&p.batch_id, seq, page)
 }

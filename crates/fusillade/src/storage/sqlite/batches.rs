@@ -1,19 +1,13 @@
 //! Batches on SQLite: creation with its requests, reads, cancellation, expiry and retries.
 
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{SqliteConnection, SqlitePool};
 
 use super::SqliteStorage;
 use super::files::{scope_binds, visible_seq};
-use super::rows::{
-    BATCH_COLUMNS, NO_DEADLINE, apply_deltas, batch_from_row, finalize_batches, ms, state,
-};
+use super::rows::{BATCH_COLUMNS, NO_DEADLINE, apply_deltas, batch_from_row, finalize_batches, ms};
 use crate::model::{Batch, BatchId, BatchStatus, FileId, FilePurpose, RequestState, Timestamp};
-use crate::storage::shared::{
-    CANCELLED_MESSAGE, CounterDeltas, EXPIRED_MESSAGE, result_filter_sql,
-};
-use crate::storage::{
-    BatchCreate, BatchList, Page, Result, ResultPage, ResultRow, Scope, StorageError, StorageEvent,
-};
+use crate::storage::shared::{CANCELLED_MESSAGE, CounterDeltas, EXPIRED_MESSAGE};
+use crate::storage::{BatchCreate, BatchList, Page, Result, Scope, StorageError, StorageEvent};
 
 pub(super) async fn create(s: &SqliteStorage, p: BatchCreate) -> Result<Batch> {
     let (file_seq, purpose) = visible_seq(s, &Scope::Tenant(p.owner.clone()), &p.input_file_id)
@@ -377,48 +371,6 @@ pub(super) async fn models_active(s: &SqliteStorage) -> Result<Vec<String>> {
     )
     .fetch_all(&s.reader)
     .await?)
-}
-
-pub(super) async fn result_page(
-    s: &SqliteStorage,
-    scope: &Scope,
-    p: ResultPage,
-) -> Result<Vec<ResultRow>> {
-    let mut conn = s.reader.acquire().await?;
-    let seq = seq_of(&mut conn, scope, &p.batch_id).await?;
-    let sql = format!(
-        "SELECT r.line, t.custom_id, r.state, r.attempts, r.status_code, r.response, \
-             r.upstream_request_id, r.error_code, r.error_message, \
-             CASE WHEN ?4 THEN t.body END AS input_body \
-         FROM requests r JOIN templates t ON t.id = r.template_id \
-         WHERE r.batch_seq = ?1 AND r.line > ?2 AND {} ORDER BY r.line LIMIT ?3",
-        result_filter_sql(p.filter)
-    );
-    let rows = sqlx::query(&sql)
-        .bind(seq)
-        .bind(p.after_line as i64)
-        .bind(i64::from(p.limit))
-        .bind(p.with_input)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ResultRow {
-                line: r.try_get::<i64, _>("line")? as u64,
-                custom_id: r.try_get("custom_id")?,
-                state: state(r.try_get::<&str, _>("state")?)?,
-                attempts: r.try_get::<i64, _>("attempts")? as u32,
-                status_code: r
-                    .try_get::<Option<i64>, _>("status_code")?
-                    .map(|c| c as u16),
-                response_body: r.try_get("response")?,
-                upstream_request_id: r.try_get("upstream_request_id")?,
-                error_code: r.try_get("error_code")?,
-                error_message: r.try_get("error_message")?,
-                input_body: r.try_get("input_body")?,
-            })
-        })
-        .collect()
 }
 
 /// Applies counter deltas, then finishes the touched batches that have nothing left to run.

@@ -217,7 +217,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn result_page(&self, scope: &Scope, params: ResultPage) -> Result<Vec<ResultRow>> {
-        batches::result_page(self, scope, params).await
+        rows::result_page(self, scope, params).await
     }
 
     async fn request_claim_many(&self, params: ClaimParams) -> Result<Claimed> {

@@ -1,15 +1,18 @@
-//! Conversions between SQLite rows and domain types, and the shared batch-counter update.
+//! Conversions between SQLite rows and domain types, the shared batch-counter update, and
+//! result pages.
 
 use chrono::{TimeZone, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
+use super::SqliteStorage;
+use super::files::scope_binds;
 use crate::model::{
     Batch, BatchError, BatchId, BatchStatus, File, FileId, FilePurpose, RequestCounts,
     RequestState, Timestamp,
 };
-use crate::storage::shared::CounterDeltas;
-use crate::storage::{Result, StorageError};
+use crate::storage::shared::{CounterDeltas, result_page_rows, result_page_sql};
+use crate::storage::{Result, ResultPage, ResultRow, Scope, StorageError};
 
 /// Milliseconds since the epoch.
 pub(super) fn ms(t: Timestamp) -> i64 {
@@ -168,4 +171,26 @@ RETURNING id
 /// Parses a request state read from the database.
 pub(super) fn state(s: &str) -> Result<RequestState> {
     RequestState::parse(s).ok_or_else(|| corrupt("requests.state"))
+}
+
+/// A page of a batch's results, in line order, read with one statement returning one packed
+/// value (see `storage::shared`): SQLite hands each row to the async side through a
+/// channel, which cost more than the query itself.
+pub(super) async fn result_page(
+    s: &SqliteStorage,
+    scope: &Scope,
+    p: ResultPage,
+) -> Result<Vec<ResultRow>> {
+    let sql = result_page_sql(p.filter, '?');
+    let (owner, all) = scope_binds(scope);
+    let (seq, page): (Option<i64>, Option<String>) = sqlx::query_as(&sql)
+        .bind(p.batch_id.as_str())
+        .bind(all)
+        .bind(owner)
+        .bind(p.after_line as i64)
+        .bind(i64::from(p.limit))
+        .bind(p.with_input)
+        .fetch_one(&s.reader)
+        .await?;
+    result_page_rows(&p.batch_id, seq, page)
 }
