@@ -35,7 +35,7 @@ fn wait_with_deadline(child: &mut Child, deadline: Duration) -> bool {
             let _ = child.wait();
             panic!("schemathesis ran longer than {deadline:?}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200)); // poll interval; the loop is bounded by a deadline
     }
 }
 
