@@ -7,6 +7,8 @@
 #
 #   bench/api.sh [LARGE]                      (default 1000000; SQLite)
 #   DATABASE=postgres://... bench/api.sh      (PostgreSQL; the database should be empty)
+#   DOWNLOADS=5 bench/api.sh                  (the download repeated, one figure each)
+#   PERF=/tmp/dl.perf bench/api.sh            (perf profile of the server over the downloads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LARGE=${1:-1000000}
@@ -76,7 +78,17 @@ kill -TERM $SERVER; wait $SERVER || true
 echo idle2 > "$WORK/phase"
 start_server
 echo download > "$WORK/phase"
-DOWNLOAD_S=$(curl -sf -o "$WORK/output.jsonl" -w '%{time_total}' "$API/v1/files/$OUTPUT/content")
+# PERF=file records the server's CPU profile (perf, cpu-clock) over the downloads.
+if [ -n "${PERF:-}" ]; then
+  perf record -e cpu-clock -F 999 -g -o "$PERF" -p $SERVER 2>/dev/null &
+  PERF_PID=$!
+  sleep 0.5
+fi
+DOWNLOADS_S=()
+for _ in $(seq 1 "${DOWNLOADS:-1}"); do
+  DOWNLOADS_S+=("$(curl -sf -o "$WORK/output.jsonl" -w '%{time_total}' "$API/v1/files/$OUTPUT/content")")
+done
+[ -n "${PERF:-}" ] && kill -INT $PERF_PID && wait $PERF_PID
 echo done > "$WORK/phase"
 sleep 0.3
 LINES_OUT=$(wc -l < "$WORK/output.jsonl")
@@ -85,4 +97,7 @@ rate() { python3 -c "print(f'{$1 / $2:,.0f}')"; }
 echo "upload 50,000 lines:        ${SMALL_S} s (RSS peak $(peak upload-small) MB; idle $(peak idle) MB)"
 echo "ingest $LARGE lines:  ${LARGE_S} s = $(rate "$LARGE" "$LARGE_S") lines/s (RSS peak $(peak upload-large) MB)"
 echo "run $LARGE requests:  ${RUN_S} s (RSS peak $(peak run) MB)"
-echo "download $LINES_OUT lines: ${DOWNLOAD_S} s = $(rate "$LINES_OUT" "$DOWNLOAD_S") lines/s (RSS peak $(peak download) MB; idle after restart $(peak idle2) MB)"
+for DOWNLOAD_S in "${DOWNLOADS_S[@]}"; do
+  echo "download $LINES_OUT lines: ${DOWNLOAD_S} s = $(rate "$LINES_OUT" "$DOWNLOAD_S") lines/s"
+done
+echo "download RSS peak $(peak download) MB; idle after restart $(peak idle2) MB"

@@ -17,14 +17,19 @@ pub(super) async fn claim_many(pool: &PgPool, p: ClaimParams) -> Result<Claimed>
     let lease: i64 = rand::rng().random_range(1..i64::MAX);
     let mut tx = pool.begin().await?;
     // Retries that came due join the claimable set; rows another replica is promoting are
-    // skipped rather than waited for.
-    sqlx::query(
-        "UPDATE requests SET not_before = NULL WHERE id = ANY(ARRAY(SELECT id FROM requests \
-             WHERE state = 'pending' AND not_before IS NOT NULL AND not_before <= $1 \
-             ORDER BY not_before LIMIT 10000 FOR UPDATE SKIP LOCKED))",
+    // skipped rather than waited for. The same round trip finds the next retry still to come:
+    // claims never touch rows with a `not_before`, so it holds at commit too.
+    let next_retry_at: Option<Timestamp> = sqlx::query_scalar(
+        "WITH promoted AS ( \
+             UPDATE requests SET not_before = NULL WHERE id = ANY(ARRAY(SELECT id FROM requests \
+                 WHERE state = 'pending' AND not_before IS NOT NULL AND not_before <= $1 \
+                 ORDER BY not_before LIMIT 10000 FOR UPDATE SKIP LOCKED)) \
+             RETURNING id) \
+         SELECT MIN(not_before) FROM requests WHERE state = 'pending' \
+             AND not_before IS NOT NULL AND id NOT IN (SELECT id FROM promoted)",
     )
     .bind(now)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     let wanted = global_free(&mut tx, p.daemon_id.as_str(), &p.models).await?;
     let requests = if wanted.is_empty() {
@@ -32,11 +37,6 @@ pub(super) async fn claim_many(pool: &PgPool, p: ClaimParams) -> Result<Claimed>
     } else {
         claim_rows(&mut tx, &p, &wanted, lease, now).await?
     };
-    let next_retry_at: Option<Timestamp> = sqlx::query_scalar(
-        "SELECT MIN(not_before) FROM requests WHERE state = 'pending' AND not_before IS NOT NULL",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
     tx.commit().await?;
     Ok(Claimed {
         requests,
@@ -59,25 +59,27 @@ async fn global_free(
         return Ok(Vec::new());
     }
     let names: Vec<&str> = models.iter().map(|m| m.model.as_str()).collect();
+    // The running-rows index fills with entries of rows that have since finished. A plain
+    // index scan marks those dead as it passes, so the next count skips them; the bitmap scan
+    // the planner prefers never does, and visited thousands of heap pages per count (1.4 ms a
+    // model, against 0.05 ms). `set_config(…, true)` is transaction-scoped, so nothing
+    // outlives this claim; it rides along with the locks to save a round trip.
     sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended('fusillade.model:' || u.model, 0)) \
+        "SELECT pg_advisory_xact_lock(hashtextextended('fusillade.model:' || u.model, 0)), \
+             set_config('enable_bitmapscan', 'off', true) \
          FROM unnest($1::text[]) WITH ORDINALITY AS u(model, ord) ORDER BY u.ord",
     )
     .bind(&names)
     .execute(&mut *tx)
     .await?;
-    // The running-rows index fills with entries of rows that have since finished. A plain
-    // index scan marks those dead as it passes, so the next count skips them; the bitmap scan
-    // the planner prefers never does, and visited thousands of heap pages per count (1.4 ms a
-    // model, against 0.05 ms). Transaction-scoped, so nothing outlives this claim.
-    sqlx::query("SELECT set_config('enable_bitmapscan', 'off', true)")
-        .execute(&mut *tx)
-        .await?;
     // A separate statement: under READ COMMITTED it takes a fresh snapshot, which sees every
-    // claim committed by whoever held the locks before us.
+    // claim committed by whoever held the locks before us. Two ranges rather than `<>`, so the
+    // index walk skips this daemon's own entries (live or dead) instead of visiting them.
     let running_elsewhere: Vec<i64> = sqlx::query_scalar(
         "SELECT (SELECT COUNT(*) FROM requests r \
-             WHERE r.state = 'running' AND r.model = u.model AND r.daemon_id <> $2) \
+                 WHERE r.state = 'running' AND r.model = u.model AND r.daemon_id < $2) \
+             + (SELECT COUNT(*) FROM requests r \
+                 WHERE r.state = 'running' AND r.model = u.model AND r.daemon_id > $2) \
          FROM unnest($1::text[]) WITH ORDINALITY AS u(model, ord) ORDER BY u.ord",
     )
     .bind(&names)
