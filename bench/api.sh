@@ -88,7 +88,7 @@ DOWNLOADS_S=()
 for _ in $(seq 1 "${DOWNLOADS:-1}"); do
   DOWNLOADS_S+=("$(curl -sf -o "$WORK/output.jsonl" -w '%{time_total}' "$API/v1/files/$OUTPUT/content")")
 done
-[ -n "${PERF:-}" ] && kill -INT $PERF_PID && wait $PERF_PID
+if [ -n "${PERF:-}" ]; then kill -INT $PERF_PID; wait $PERF_PID || true; fi
 echo done > "$WORK/phase"
 sleep 0.3
 LINES_OUT=$(wc -l < "$WORK/output.jsonl")

@@ -63,6 +63,37 @@ pub async fn file_templates_read_back_in_line_order(s: Arc<dyn Storage>) {
     assert_eq!(tail.iter().map(|t| t.line).collect::<Vec<_>>(), vec![5, 6]);
 }
 
+/// A file larger than one insert statement and one insert transaction, of a length that is a
+/// multiple of neither, comes back whole: every line once, in order, with its own fields.
+pub async fn file_of_thousands_of_lines_reads_back_whole(s: Arc<dyn Storage>) {
+    const LINES: usize = 4_321;
+    let content: String = (0..LINES)
+        .map(|i| line(&format!("req-{i}"), &format!("m{}", i % 3)) + "\n")
+        .collect();
+    let file = upload_ok(s.as_ref(), ALICE, &content, t(0)).await;
+    assert_eq!(file.line_count, LINES as u64);
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s
+            .template_page(&alice(), &file.id, after, 1_000)
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.line;
+        seen.extend(page);
+    }
+    assert_eq!(seen.len(), LINES);
+    for (i, template) in seen.iter().enumerate() {
+        let (custom_id, model) = (format!("req-{i}"), format!("m{}", i % 3));
+        assert_eq!(template.line, i as u64 + 1);
+        assert_eq!(template.custom_id, custom_id);
+        assert_eq!(template.model, model);
+        assert_eq!(template.url, CHAT);
+        assert_eq!(template.body, body(&custom_id, &model));
+    }
+}
+
 /// A bad line after thousands of good ones rejects the whole upload and leaves no trace.
 /// 5,000 padded lines (~1 MB) span several read chunks, so backends that stage inserts in
 /// batches of a few thousand rows have staged some before the bad line arrives.

@@ -43,6 +43,7 @@ macro_rules! storage_conformance {
         $crate::storage_conformance!(@cases $factory;
             // files
             file_templates_read_back_in_line_order,
+            file_of_thousands_of_lines_reads_back_whole,
             file_upload_with_bad_line_stores_nothing,
             file_of_other_tenant_is_not_found,
             file_list_pages_both_directions_with_cursor,
