@@ -75,6 +75,8 @@ impl Default for MockConfig {
 /// - `HugeBody(n)`: `200` with a valid success body of about `n` bytes (padded with
 ///   an extra `mock_padding` string field), sent with a `Content-Length`.
 /// - `InvalidJson`: `200` with `content-type: application/json` and body `not json{`.
+/// - `PrettyJson`: a normal success body, pretty-printed over several lines (as OpenAI's
+///   own API sends it).
 /// - `Status(code)`: that status (200..=599) with an OpenAI-style error body
 ///   (429 also gets `Retry-After`).
 /// - `SlowFirstByte(d)`: nothing is sent for `d` (on top of the latency), then a
@@ -86,6 +88,7 @@ pub enum Fault {
     EndlessBody,
     HugeBody(usize),
     InvalidJson,
+    PrettyJson,
     Status(u16),
     SlowFirstByte(Duration),
 }
@@ -105,6 +108,7 @@ impl fmt::Display for Fault {
             Fault::EndlessBody => f.write_str("endless"),
             Fault::HugeBody(bytes) => write!(f, "huge:{bytes}"),
             Fault::InvalidJson => f.write_str("invalid-json"),
+            Fault::PrettyJson => f.write_str("pretty"),
             Fault::Status(code) => write!(f, "status:{code}"),
             Fault::SlowFirstByte(delay) => write!(f, "slow:{}", delay.as_millis()),
         }
@@ -112,7 +116,8 @@ impl fmt::Display for Fault {
 }
 
 /// Parses the header syntax:
-/// `hang | reset | endless | huge:<bytes> | invalid-json | status:<code> | slow:<millis>`.
+/// `hang | reset | endless | huge:<bytes> | invalid-json | pretty | status:<code> |
+/// slow:<millis>`.
 impl FromStr for Fault {
     type Err = String;
 
@@ -127,6 +132,7 @@ impl FromStr for Fault {
             ("reset", None) => Fault::Reset,
             ("endless", None) => Fault::EndlessBody,
             ("invalid-json", None) => Fault::InvalidJson,
+            ("pretty", None) => Fault::PrettyJson,
             ("huge", Some(arg)) => Fault::HugeBody(parse_number(arg, raw)?),
             ("status", Some(arg)) => Fault::Status(parse_status(arg, raw)?),
             ("slow", Some(arg)) => {
@@ -168,6 +174,7 @@ mod tests {
             Fault::EndlessBody,
             Fault::HugeBody(1234),
             Fault::InvalidJson,
+            Fault::PrettyJson,
             Fault::Status(503),
             Fault::SlowFirstByte(Duration::from_millis(250)),
         ];

@@ -1,5 +1,6 @@
 //! Owns the fault responses selected by [`crate::Fault`]: hanging, aborted
-//! connections, endless and huge bodies, garbage JSON and arbitrary statuses.
+//! connections, endless and huge bodies, garbage and pretty-printed JSON and arbitrary
+//! statuses.
 
 use std::{io, iter};
 
@@ -43,6 +44,16 @@ pub(crate) async fn respond(fault: Fault, ctx: FaultContext<'_>) -> (Response, O
         Fault::InvalidJson => {
             let body = Bytes::from_static(b"not json{");
             (response::json_response(StatusCode::OK, body), None)
+        }
+        Fault::PrettyJson => {
+            let compact = response::success_body(ctx.request, ctx.ids);
+            let value: serde_json::Value =
+                serde_json::from_slice(&compact).expect("the success body is JSON");
+            let pretty = serde_json::to_vec_pretty(&value).expect("a value serializes");
+            (
+                response::json_response(StatusCode::OK, Bytes::from(pretty)),
+                Some(Outcome::Ok),
+            )
         }
         Fault::Status(code) => status_response(code, ctx.retry_after),
         Fault::SlowFirstByte(delay) => {

@@ -100,8 +100,23 @@ pub type RequestId = i64;
 
 /// The public id of the request for `line` of `batch`, as written to output files.
 pub fn public_request_id(batch: &BatchId, line: u64) -> String {
-    let suffix = batch.as_str().trim_start_matches(BatchId::PREFIX);
-    format!("batch_req_{suffix}{line:08x}")
+    PublicRequestId { batch, line }.to_string()
+}
+
+/// Displays as [`public_request_id`], for writing the id in place without a `String` first.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicRequestId<'a> {
+    /// The request's batch.
+    pub batch: &'a BatchId,
+    /// The request's input line.
+    pub line: u64,
+}
+
+impl fmt::Display for PublicRequestId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let suffix = self.batch.as_str().trim_start_matches(BatchId::PREFIX);
+        write!(f, "batch_req_{suffix}{:08x}", self.line)
+    }
 }
 
 /// Parses a completion window such as `24h`, `90m`, `7d` or `3600s`.

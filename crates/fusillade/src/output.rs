@@ -5,73 +5,16 @@
 //! Error line: `response` is set when the upstream answered (its status and body), `null`
 //! otherwise; `error` is `{"code","message"}` saying why the request did not succeed.
 
-use serde::Serialize;
-use serde_json::value::RawValue;
+use std::io::Write;
+
+use serde::Serializer;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::model::{BatchId, RequestState};
+use crate::model::{BatchId, PublicRequestId, RequestState};
 use crate::storage::{ResultFilter, ResultPage, ResultRow, Scope, Storage, StorageError};
 
 /// Rows read per storage call while writing a file.
 const PAGE_ROWS: u32 = 1_000;
-
-#[derive(Serialize)]
-struct Line<'a> {
-    id: PublicId<'a>,
-    custom_id: &'a str,
-    response: Option<Response<'a>>,
-    error: Option<ErrorBody<'a>>,
-}
-
-/// A request's public id, written straight into the line rather than formatted apart first.
-#[derive(Clone, Copy)]
-struct PublicId<'a> {
-    batch: &'a BatchId,
-    line: u64,
-}
-
-impl Serialize for PublicId<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let suffix = self.batch.as_str().trim_start_matches(BatchId::PREFIX);
-        s.collect_str(&format_args!("batch_req_{suffix}{:08x}", self.line))
-    }
-}
-
-#[derive(Serialize)]
-struct Response<'a> {
-    status_code: u16,
-    request_id: RequestId<'a>,
-    body: Body<'a>,
-}
-
-/// The upstream's `x-request-id`, or our public id when it sent none.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum RequestId<'a> {
-    Upstream(&'a str),
-    Public(PublicId<'a>),
-}
-
-/// A body as returned upstream: embedded as JSON when it is JSON, as a string otherwise.
-enum Body<'a> {
-    Json(&'a RawValue),
-    Text(&'a str),
-}
-
-impl Serialize for Body<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Body::Json(raw) => raw.serialize(s),
-            Body::Text(text) => s.serialize_str(text),
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
-}
 
 /// Appends the JSONL lines (each with its trailing newline) of `rows` to `out`, for the output
 /// or error file; rows that are not final yet are skipped. Returns the number of lines.
@@ -79,43 +22,62 @@ struct ErrorBody<'a> {
 pub fn render_lines(batch: &BatchId, rows: &[ResultRow], out: &mut Vec<u8>) -> u64 {
     let mut written = 0;
     for row in rows.iter().filter(|row| row.state.is_final()) {
-        serde_json::to_writer(&mut *out, &line(batch, row)).expect("line serializes");
-        out.push(b'\n');
+        write_line(batch, row, out);
         written += 1;
     }
     written
 }
 
-fn line<'a>(batch: &'a BatchId, row: &'a ResultRow) -> Line<'a> {
-    let id = PublicId {
-        batch,
-        line: row.line,
-    };
-    let response = row.status_code.map(|status_code| Response {
-        status_code,
-        request_id: match &row.upstream_request_id {
-            Some(upstream) => RequestId::Upstream(upstream),
-            None => RequestId::Public(id),
-        },
-        body: body(row.response_body.as_deref().unwrap_or("")),
-    });
-    let error = (row.state != RequestState::Completed).then(|| ErrorBody {
-        code: row.error_code.as_deref().unwrap_or("failed"),
-        message: row.error_message.as_deref().unwrap_or("the request failed"),
-    });
-    Line {
-        id,
-        custom_id: &row.custom_id,
-        response,
-        error,
+/// One line, written field by field. The stored body is embedded as it is: storage keeps it
+/// as one line of JSON (see [`ResultRow::response_body`]), and checking that again for every
+/// line of every download was the largest single cost of rendering.
+fn write_line(batch: &BatchId, row: &ResultRow, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"id\":");
+    write_public_id(batch, row.line, out);
+    out.extend_from_slice(b",\"custom_id\":");
+    write_string(&row.custom_id, out);
+    out.extend_from_slice(b",\"response\":");
+    match row.status_code {
+        Some(status_code) => {
+            write!(out, "{{\"status_code\":{status_code},\"request_id\":").expect("in memory");
+            match &row.upstream_request_id {
+                Some(upstream) => write_string(upstream, out),
+                None => write_public_id(batch, row.line, out),
+            }
+            out.extend_from_slice(b",\"body\":");
+            match row.response_body.as_deref() {
+                Some(body) => out.extend_from_slice(body.as_bytes()),
+                None => out.extend_from_slice(b"\"\""),
+            }
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
     }
+    out.extend_from_slice(b",\"error\":");
+    if row.state == RequestState::Completed {
+        out.extend_from_slice(b"null");
+    } else {
+        out.extend_from_slice(b"{\"code\":");
+        write_string(row.error_code.as_deref().unwrap_or("failed"), out);
+        out.extend_from_slice(b",\"message\":");
+        write_string(
+            row.error_message.as_deref().unwrap_or("the request failed"),
+            out,
+        );
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"}\n");
 }
 
-fn body(text: &str) -> Body<'_> {
-    match serde_json::from_str::<&RawValue>(text) {
-        Ok(raw) => Body::Json(raw),
-        Err(_) => Body::Text(text),
-    }
+/// A request's public id as a JSON string, written in place rather than formatted apart first.
+fn write_public_id(batch: &BatchId, line: u64, out: &mut Vec<u8>) {
+    serde_json::Serializer::new(out)
+        .collect_str(&PublicRequestId { batch, line })
+        .expect("in memory");
+}
+
+fn write_string(text: &str, out: &mut Vec<u8>) {
+    serde_json::to_writer(out, text).expect("a string serializes");
 }
 
 /// Which file to write.
@@ -204,13 +166,13 @@ mod tests {
         let batch = BatchId::from_string("batch_abc");
         let completed = ResultRow {
             status_code: Some(200),
-            response_body: Some("{\"x\": [1, 2]}".into()),
+            response_body: Some("{\"x\":[1,2]}".into()),
             upstream_request_id: Some("up-9".into()),
             ..row(0x1f, RequestState::Completed)
         };
         let failed = ResultRow {
             status_code: Some(500),
-            response_body: Some("oops <not json>".into()),
+            response_body: Some("\"oops <not json>\"".into()),
             error_code: Some("server_error".into()),
             ..row(2, RequestState::Failed)
         };
@@ -221,7 +183,7 @@ mod tests {
         let id = |line| public_request_id(&batch, line);
         let expected = [
             format!(
-                r#"{{"id":"{}","custom_id":"c\"1","response":{{"status_code":200,"request_id":"up-9","body":{{"x": [1, 2]}}}},"error":null}}"#,
+                r#"{{"id":"{}","custom_id":"c\"1","response":{{"status_code":200,"request_id":"up-9","body":{{"x":[1,2]}}}},"error":null}}"#,
                 id(0x1f)
             ),
             format!(

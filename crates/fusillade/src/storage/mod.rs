@@ -10,6 +10,7 @@
 //! the database URL ([`open`]), and dynamic dispatch costs nothing measurable next to a database
 //! round trip, while keeping the daemon, the server and the CLI free of generics.
 
+mod body;
 pub mod postgres;
 pub(crate) mod shared;
 pub mod sqlite;
@@ -204,7 +205,8 @@ pub struct ResultRow {
     pub attempts: u32,
     /// Upstream status of the last answer, if any.
     pub status_code: Option<u16>,
-    /// Upstream body of the final answer (completed) or of the last error answer.
+    /// Upstream body of the final answer (completed) or of the last error answer, as one line
+    /// of JSON: minified when the upstream sent JSON, else a JSON string holding what it sent.
     pub response_body: Option<String>,
     /// Upstream `x-request-id`.
     pub upstream_request_id: Option<String>,

@@ -1,10 +1,12 @@
 //! Backend-independent pieces of the storage contract: how outcomes map to row values, and how
 //! state changes add up to batch counter changes. Each backend only writes the SQL.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::body::stored_body;
 use crate::model::{BatchId, Finish, Outcome, RequestState};
 use crate::storage::{ResultFilter, ResultRow, StorageError};
 
@@ -30,7 +32,8 @@ pub(crate) struct FinishRow<'a> {
     pub(crate) charge: i32,
     pub(crate) set: bool,
     pub(crate) status_code: Option<i32>,
-    pub(crate) response: Option<&'a str>,
+    /// In its stored form (see `storage::body`).
+    pub(crate) response: Option<Cow<'a, str>>,
     pub(crate) upstream_request_id: Option<&'a str>,
     pub(crate) error_code: Option<&'a str>,
     pub(crate) error_message: Option<&'a str>,
@@ -58,12 +61,12 @@ impl<'a> FinishRow<'a> {
                 upstream_request_id,
             } => {
                 row.status_code = Some(i32::from(*status_code));
-                row.response = Some(body);
+                row.response = Some(stored_body(body));
                 row.upstream_request_id = upstream_request_id.as_deref();
             }
             Outcome::Failed(e) | Outcome::Retry { error: e, .. } => {
                 row.status_code = e.status_code.map(i32::from);
-                row.response = e.body.as_deref();
+                row.response = e.body.as_deref().map(stored_body);
                 row.error_code = Some(&e.code);
                 row.error_message = Some(&e.message);
                 if let Outcome::Retry { not_before, .. } = &f.outcome {

@@ -234,6 +234,29 @@ async fn a_non_json_200_completes_with_the_body_as_a_string() {
     }
 }
 
+/// OpenAI's own API pretty-prints its answers: a body over many lines must still give one
+/// output line per request, with the same JSON value as the upstream sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pretty_printed_body_stays_on_one_output_line() {
+    let pretty = MockConfig {
+        fault: Some(Fault::PrettyJson),
+        ..MockConfig::default()
+    };
+    let done = run_to_end(pretty, fast_config(), 3).await;
+    assert_eq!(done.batch.counts.completed, 3);
+    // `file` parses every line on its own, so a body split over lines fails there.
+    let output = done.store.file(&done.batch.id, ResultFile::Output).await;
+    assert_eq!(custom_ids(&output), done.ids);
+    for line in &output {
+        let body = &line["response"]["body"];
+        assert_eq!(body["object"], "chat.completion", "{line}");
+        let content = body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(content.starts_with("mock reply to "), "{line}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_retried_then_fails() {
     let store = Store::new().await;

@@ -206,7 +206,11 @@ RETURNING r.id, r.batch_seq, r.state
     .bind(rows.iter().map(|r| r.charge).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.set).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.status_code).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.response).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.response.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(
         rows.iter()
             .map(|r| r.upstream_request_id)
