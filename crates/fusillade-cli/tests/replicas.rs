@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use fusillade::storage::Scope;
-use fusillade_testkit::wait_until;
+use fusillade_testkit::{FinishedSends, KillSchedule, wait_until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_workers_send_each_request_once_within_the_global_limit() {
@@ -58,19 +58,13 @@ async fn a_killed_worker_is_taken_over_and_nothing_finished_is_sent_again() {
     .await;
     workers.0[0].kill().expect("kill -9");
     workers.0[0].wait().expect("reap");
-    let finished_before_kill = completed_ids(&storage, &batch.id).await;
+    let finished_before_kill =
+        FinishedSends::each_sent_once(completed_ids(&storage, &batch.id).await);
     wait_final(&storage, &batch.id, Duration::from_secs(120)).await;
     let done = storage.batch_get(&Scope::All, &batch.id).await.unwrap();
     assert_eq!(done.counts.completed, lines as u64);
     assert_each_exactly_once(&storage, &batch.id, lines).await;
-    let sent = mock.stats().per_custom_id;
-    for id in &finished_before_kill {
-        assert_eq!(
-            sent.get(id),
-            Some(&1),
-            "{id} finished before the kill but was sent again"
-        );
-    }
+    finished_before_kill.assert_none_sent_again(&mock.stats().per_custom_id);
     mock.shutdown().await;
 }
 
@@ -120,8 +114,7 @@ async fn run_on_postgres_shares_work_with_live_workers_without_declaring_them_de
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, input_lines(2_000)).unwrap();
+    let input = write_input(dir.path(), 2_000);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fusillade"))
         .arg("run")
         .arg(&input)
@@ -148,13 +141,6 @@ async fn run_on_postgres_shares_work_with_live_workers_without_declaring_them_de
     mock.shutdown().await;
 }
 
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_worker_kills_at_random_moments_lose_nothing() {
     let Some((db, storage, mock)) = setup(10).await else {
@@ -163,39 +149,24 @@ async fn twenty_worker_kills_at_random_moments_lose_nothing() {
     let lines = 12_000;
     let batch = create_batch(&storage, lines).await;
     let mut workers = Workers::start(3, &db.url, &mock.base_url());
-    let mut rng = std::env::var("FUSILLADE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| chrono::Utc::now().timestamp_nanos_opt().unwrap_or(7) as u64 | 1);
-    eprintln!("kill schedule seed: {rng} (replay with FUSILLADE_TEST_SEED={rng})");
-    let mut sends_when_finished = std::collections::BTreeMap::new();
+    let mut schedule = KillSchedule::from_env();
+    let mut sends_when_finished = FinishedSends::default();
     for _ in 0..20 {
-        let wait = Duration::from_millis(100 + next_random(&mut rng) % 500);
+        let wait = Duration::from_millis(100 + schedule.next_u64() % 500);
         tokio::time::sleep(wait).await; // the kill moment itself is what is randomised
-        let victim = (next_random(&mut rng) % 3) as usize;
+        let victim = (schedule.next_u64() % 3) as usize;
         workers.0[victim].kill().expect("kill -9");
         workers.0[victim].wait().expect("reap");
-        // Finished rows first, sends second: a request that another worker sends and finishes
-        // between the two reads then carries all its sends, instead of looking resent later.
+        // Finished rows first, sends second (see `FinishedSends::record`): other workers keep
+        // sending and finishing in between.
         let done = completed_ids(&storage, &batch.id).await;
-        let sent = mock.stats().per_custom_id;
-        for id in done {
-            let n = sent.get(&id).copied().unwrap_or(0);
-            sends_when_finished.entry(id).or_insert(n);
-        }
+        sends_when_finished.record(done, &mock.stats().per_custom_id);
         workers.0[victim] = spawn_worker(&db.url, &mock.base_url());
     }
     wait_final(&storage, &batch.id, Duration::from_secs(180)).await;
     let done = storage.batch_get(&Scope::All, &batch.id).await.unwrap();
     assert_eq!(done.counts.completed, lines as u64);
     assert_each_exactly_once(&storage, &batch.id, lines).await;
-    let sent = mock.stats().per_custom_id;
-    for (id, n) in &sends_when_finished {
-        assert_eq!(
-            sent.get(id),
-            Some(n),
-            "{id} had finished before a kill and was sent again"
-        );
-    }
+    sends_when_finished.assert_none_sent_again(&mock.stats().per_custom_id);
     mock.shutdown().await;
 }

@@ -1,32 +1,22 @@
 //! End-to-end tests of `fusillade run`: the real binary, a real mock upstream over loopback, a
 //! real SQLite file. Kill -9 and resume, SIGTERM, bad input, a changed input file.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fusillade::model::RequestState;
+use common::{completed_ids, mock, write_input};
 use fusillade::storage::sqlite::SqliteStorage;
-use fusillade::storage::{BatchList, ResultFilter, ResultPage, Scope, Storage};
+use fusillade::storage::{BatchList, Scope, Storage};
 use fusillade_mock::{MockConfig, MockServer};
+use fusillade_testkit::{FinishedSends, KillSchedule, output_within, wait_until};
 
 fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_fusillade")
-}
-
-fn write_input(dir: &Path, lines: usize) -> PathBuf {
-    let path = dir.join("in.jsonl");
-    let mut text = String::new();
-    for i in 0..lines {
-        text.push_str(&format!(
-            r#"{{"custom_id":"req-{i}","method":"POST","url":"/v1/chat/completions","body":{{"model":"m{}","messages":[{{"role":"user","content":"hi"}}]}}}}"#,
-            i % 2
-        ));
-        text.push('\n');
-    }
-    std::fs::write(&path, text).expect("write input");
-    path
 }
 
 fn command(input: &Path, upstream: &str) -> Command {
@@ -43,6 +33,16 @@ fn command(input: &Path, upstream: &str) -> Command {
 
 fn run_to_end(input: &Path, upstream: &str) -> Output {
     command(input, upstream).output().expect("run fusillade")
+}
+
+/// Runs to the end and checks that the run succeeded and that each of the `lines` input lines
+/// has exactly one result line; returns stderr for the caller's own checks.
+fn run_to_success(input: &Path, upstream: &str, lines: usize) -> String {
+    let out = run_to_end(input, upstream);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "run failed: {err}");
+    assert_each_exactly_once(input.parent().expect("the input's directory"), lines);
+    err
 }
 
 /// Custom ids of every line of a result file.
@@ -66,9 +66,11 @@ fn assert_each_exactly_once(dir: &Path, lines: usize) {
 
 /// Requests already completed in the run's database (read while no process holds it).
 async fn completed_in_db(dir: &Path) -> Vec<String> {
-    let storage = SqliteStorage::open(&dir.join("in.fusillade.db"))
-        .await
-        .expect("open db");
+    let storage: Arc<dyn Storage> = Arc::new(
+        SqliteStorage::open(&dir.join("in.fusillade.db"))
+            .await
+            .expect("open db"),
+    );
     let page = storage
         .batch_list(BatchList {
             scope: Scope::All,
@@ -78,57 +80,26 @@ async fn completed_in_db(dir: &Path) -> Vec<String> {
         })
         .await
         .expect("list");
-    let Some(batch) = page.items.first() else {
-        return Vec::new();
-    };
-    let mut ids = Vec::new();
-    let mut after_line = 0;
-    loop {
-        let rows = storage
-            .result_page(
-                &Scope::All,
-                ResultPage {
-                    batch_id: batch.id.clone(),
-                    filter: ResultFilter::State(RequestState::Completed),
-                    after_line,
-                    limit: 1000,
-                    with_input: false,
-                },
-            )
-            .await
-            .expect("page");
-        let Some(last) = rows.last() else { break };
-        after_line = last.line;
-        ids.extend(rows.into_iter().map(|r| r.custom_id));
+    match page.items.first() {
+        Some(batch) => completed_ids(&storage, &batch.id).await,
+        None => Vec::new(),
     }
-    ids
 }
 
 async fn wait_for_requests(mock: &MockServer, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while mock.stats().requests_total < at_least {
-        assert!(Instant::now() < deadline, "the run never got going");
-        tokio::time::sleep(Duration::from_millis(20)).await; // poll interval; the loop is bounded by a deadline
-    }
-}
-
-fn stderr(child: Child) -> String {
-    let out = child.wait_with_output().expect("wait");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    wait_until(Duration::from_secs(30), "the run to get going", || async {
+        mock.stats().requests_total >= at_least
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn completes_a_batch_and_writes_both_files() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), 300);
-    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), MockConfig::default())
-        .await
-        .unwrap();
-    let out = run_to_end(&input, &mock.base_url());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "run failed: {err}");
+    let mock = mock(Duration::ZERO).await;
+    let err = run_to_success(&input, &mock.base_url(), 300);
     assert!(err.contains("300 completed"), "summary: {err}");
-    assert_each_exactly_once(dir.path(), 300);
     assert_eq!(mock.stats().requests_total, 300);
     mock.shutdown().await;
 }
@@ -138,18 +109,12 @@ async fn kill_dash_nine_then_resume_sends_no_finished_request_again() {
     let dir = tempfile::tempdir().unwrap();
     let lines = 400;
     let input = write_input(dir.path(), lines);
-    let config = MockConfig {
-        latency: Duration::from_millis(20),
-        ..MockConfig::default()
-    };
-    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), config)
-        .await
-        .unwrap();
+    let mock = mock(Duration::from_millis(20)).await;
     let mut child = command(&input, &mock.base_url()).spawn().expect("spawn");
     wait_for_requests(&mock, 100).await;
     child.kill().expect("kill -9");
     child.wait().expect("reap");
-    let finished_before = completed_in_db(dir.path()).await;
+    let finished_before = FinishedSends::each_sent_once(completed_in_db(dir.path()).await);
     assert!(
         !finished_before.is_empty(),
         "some requests finished before the kill"
@@ -159,19 +124,9 @@ async fn kill_dash_nine_then_resume_sends_no_finished_request_again() {
         "the kill came before the end"
     );
 
-    let out = run_to_end(&input, &mock.base_url());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "resume failed: {err}");
+    let err = run_to_success(&input, &mock.base_url(), lines);
     assert!(err.contains("Resuming"), "resume message: {err}");
-    assert_each_exactly_once(dir.path(), lines);
-    let sent: BTreeMap<String, u64> = mock.stats().per_custom_id;
-    for id in &finished_before {
-        assert_eq!(
-            sent.get(id),
-            Some(&1),
-            "{id} finished before the kill and was sent again"
-        );
-    }
+    finished_before.assert_none_sent_again(&mock.stats().per_custom_id);
     mock.shutdown().await;
 }
 
@@ -180,13 +135,7 @@ async fn sigterm_stops_cleanly_and_the_same_command_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let lines = 300;
     let input = write_input(dir.path(), lines);
-    let config = MockConfig {
-        latency: Duration::from_millis(30),
-        ..MockConfig::default()
-    };
-    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), config)
-        .await
-        .unwrap();
+    let mock = mock(Duration::from_millis(30)).await;
     let child = command(&input, &mock.base_url()).spawn().expect("spawn");
     wait_for_requests(&mock, 50).await;
     let status = Command::new("kill")
@@ -195,7 +144,9 @@ async fn sigterm_stops_cleanly_and_the_same_command_resumes() {
         .expect("send SIGTERM");
     assert!(status.success());
     let pid = child.id();
-    let err = stderr(child);
+    // The drain lets in-flight requests finish (30 ms each here; 30 s at most).
+    let out = output_within(child, Duration::from_secs(60), "the run to stop on SIGTERM");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("Stopping"),
         "graceful stop announced (pid {pid}): {err}"
@@ -207,9 +158,7 @@ async fn sigterm_stops_cleanly_and_the_same_command_resumes() {
         "partial output written: {partial}"
     );
 
-    let out = run_to_end(&input, &mock.base_url());
-    assert!(out.status.success());
-    assert_each_exactly_once(dir.path(), lines);
+    run_to_success(&input, &mock.base_url(), lines);
     mock.shutdown().await;
 }
 
@@ -234,9 +183,7 @@ fn a_bad_line_is_named_and_nothing_runs() {
 async fn a_changed_input_is_refused_until_restart() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), 20);
-    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), MockConfig::default())
-        .await
-        .unwrap();
+    let mock = mock(Duration::ZERO).await;
     assert!(run_to_end(&input, &mock.base_url()).status.success());
     write_input(dir.path(), 25);
     let out = run_to_end(&input, &mock.base_url());
@@ -253,48 +200,17 @@ async fn a_changed_input_is_refused_until_restart() {
     mock.shutdown().await;
 }
 
-/// A small deterministic generator, so a failing kill schedule can be replayed from its seed.
-fn next_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("FUSILLADE_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("kill schedule seed: {seed} (replay with FUSILLADE_TEST_SEED={seed})");
-    seed
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_kills_at_random_moments_lose_nothing_and_resend_nothing_finished() {
     let dir = tempfile::tempdir().unwrap();
     let lines = 1_500;
     let input = write_input(dir.path(), lines);
-    let config = MockConfig {
-        latency: Duration::from_millis(10),
-        ..MockConfig::default()
-    };
-    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), config)
-        .await
-        .unwrap();
-    let mut rng = seed();
-    // Sends of each request at the moment it was first seen finished: a request in flight at a
-    // kill may go out again, but once finished it must never be sent again.
-    let mut sends_when_finished: BTreeMap<String, u64> = BTreeMap::new();
+    let mock = mock(Duration::from_millis(10)).await;
+    let mut schedule = KillSchedule::from_env();
+    let mut sends_when_finished = FinishedSends::default();
     for round in 0..20 {
         let mut child = command(&input, &mock.base_url()).spawn().expect("spawn");
-        let wait = Duration::from_millis(50 + next_random(&mut rng) % 400);
+        let wait = Duration::from_millis(50 + schedule.next_u64() % 400);
         tokio::time::sleep(wait).await; // the kill moment itself is what is randomised
         child.kill().expect("kill -9");
         child.wait().expect("reap");
@@ -303,27 +219,10 @@ async fn twenty_kills_at_random_moments_lose_nothing_and_resend_nothing_finished
             done.len() >= sends_when_finished.len(),
             "round {round}: results lost"
         );
-        let sent = mock.stats().per_custom_id;
-        for id in done {
-            let n = sent.get(&id).copied().unwrap_or(0);
-            sends_when_finished.entry(id).or_insert(n);
-        }
+        sends_when_finished.record(done, &mock.stats().per_custom_id);
     }
-    let out = run_to_end(&input, &mock.base_url());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_each_exactly_once(dir.path(), lines);
-    let sent = mock.stats().per_custom_id;
-    for (id, n) in &sends_when_finished {
-        assert_eq!(
-            sent.get(id),
-            Some(n),
-            "{id} had finished before a kill and was sent again"
-        );
-    }
+    run_to_success(&input, &mock.base_url(), lines);
+    sends_when_finished.assert_none_sent_again(&mock.stats().per_custom_id);
     mock.shutdown().await;
 }
 
@@ -364,12 +263,6 @@ async fn a_second_signal_exits_at_once_and_the_next_run_loses_nothing() {
     };
     assert_eq!(status.code(), Some(130));
     mock.set_config(MockConfig::default());
-    let out = run_to_end(&input, &mock.base_url());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_each_exactly_once(dir.path(), lines);
+    run_to_success(&input, &mock.base_url(), lines);
     mock.shutdown().await;
 }

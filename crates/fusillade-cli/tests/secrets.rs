@@ -3,30 +3,17 @@
 //! run's SQLite database, its WAL and shared-memory files (read while the run is going, and
 //! again after it ended).
 
-use std::io::Read;
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::write_input;
 use fusillade_mock::{MockConfig, MockServer};
-use fusillade_testkit::wait_until;
+use fusillade_testkit::{drain, wait_for_exit, wait_until};
 
 const KEY: &str = "sk-SECRET-CANARY-5d1f0c7a9e3b42";
-
-fn input(dir: &Path, lines: usize) -> std::path::PathBuf {
-    let path = dir.join("in.jsonl");
-    let text: String = (0..lines)
-        .map(|i| {
-            format!(
-                "{{\"custom_id\":\"req-{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\
-                 \"body\":{{\"model\":\"m{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}}}\n",
-                i % 2
-            )
-        })
-        .collect();
-    std::fs::write(&path, text).expect("write input");
-    path
-}
 
 /// Every file in `dir`, with its bytes (files that vanish while listed are skipped).
 fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -38,15 +25,6 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
             Some((path.file_name()?.to_string_lossy().into_owned(), bytes))
         })
         .collect()
-}
-
-/// Reads a pipe to its end on a thread.
-fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        pipe.read_to_end(&mut bytes).expect("read pipe");
-        bytes
-    })
 }
 
 /// Where the key, or its distinctive middle, shows up.
@@ -73,7 +51,7 @@ async fn the_api_key_is_in_no_log_result_file_or_database_byte() {
         .expect("mock");
     let dir = tempfile::tempdir().expect("temp dir");
     let lines = 200;
-    let input = input(dir.path(), lines);
+    let input = write_input(dir.path(), lines);
     let mut child = Command::new(env!("CARGO_BIN_EXE_fusillade"))
         .arg("run")
         .arg(&input)
@@ -108,7 +86,7 @@ async fn the_api_key_is_in_no_log_result_file_or_database_byte() {
         "a WAL to read: {seen_mid_run:?}"
     );
 
-    let status = child.wait().expect("wait for fusillade");
+    let status = wait_for_exit(&mut child, Duration::from_secs(120), "the run to finish");
     let (stderr, stdout) = (stderr.join().unwrap(), stdout.join().unwrap());
     let text = String::from_utf8_lossy(&stderr);
     assert!(

@@ -7,24 +7,13 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_each_exactly_once, create_batch, wait_final};
+use common::{assert_each_exactly_once, create_batch, mock, wait_final, write_input};
 use fusillade::Storage;
-use fusillade_mock::{MockConfig, MockServer};
-use fusillade_testkit::wait_until;
+use fusillade_testkit::{output_within, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fusillade");
-
-async fn mock(latency: Duration) -> MockServer {
-    let config = MockConfig {
-        latency,
-        ..MockConfig::default()
-    };
-    MockServer::start(([127, 0, 0, 1], 0).into(), config)
-        .await
-        .expect("mock")
-}
 
 /// Starts a daemon-running subcommand on `db` and returns once it says it has started: it
 /// holds the lock by then, since the lock is taken before the database is opened.
@@ -55,21 +44,14 @@ fn start_until_running(args: &[&str], db: &str, upstream: &str, stale_after: &st
 
 /// Runs `args` to its exit (within 30 s) and returns its exit code and stderr.
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("try_wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{args:?} kept running on a database another process holds");
-        }
-        std::thread::sleep(Duration::from_millis(20)); // poll interval of a bounded wait
-    }
-    let out = child.wait_with_output().expect("output");
+    let what = format!("{args:?} to be refused the database another process holds");
+    let out = output_within(child, Duration::from_secs(30), &what);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -83,9 +65,7 @@ async fn a_second_process_on_one_sqlite_file_is_refused() {
     let upstream = mock(Duration::ZERO).await;
     let url = upstream.base_url();
     let mut first = start_until_running(&["worker"], &db, &url, "10");
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, common::input_lines(3)).unwrap();
-    let input = input.display().to_string();
+    let input = write_input(dir.path(), 3).display().to_string();
     let second_tries: [&[&str]; 3] = [
         &["worker", "--database", &db, "--upstream", &url],
         &[

@@ -13,31 +13,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::binary::{ServeProcess, venv_python};
+use fusillade_testkit::wait_for_exit;
 
 const KEY: &str = "sk-schemathesis-0123456789";
 /// The whole run must end within this (the suite's budget is 3 minutes on 2 cores).
 const DEADLINE: Duration = Duration::from_secs(170);
-
-/// Waits for `child` until `deadline`, polling; kills it and fails past the deadline.
-fn wait_with_deadline(child: &mut Child, deadline: Duration) -> bool {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for schemathesis") {
-            eprintln!("schemathesis took {:.1?}", started.elapsed());
-            return status.success();
-        }
-        if started.elapsed() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("schemathesis ran longer than {deadline:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200)); // poll interval; the loop is bounded by a deadline
-    }
-}
 
 fn schemathesis_args(base: &str, seed: &str) -> Vec<String> {
     let checks = [
@@ -102,7 +86,9 @@ fn schemathesis_finds_no_server_error_and_only_openai_shaped_errors() {
         .env("SCHEMATHESIS_HOOKS", "hooks")
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&python).display()));
-    let passed = wait_with_deadline(&mut child, DEADLINE);
+    let started = Instant::now();
+    let passed = wait_for_exit(&mut child, DEADLINE, "schemathesis to finish").success();
+    eprintln!("schemathesis took {:.1?}", started.elapsed());
     let output = server.stop();
     assert!(output.success, "serve exited cleanly");
     assert!(passed, "schemathesis found failures (its report is above)");

@@ -1,11 +1,18 @@
 //! Helpers shared by Fusillade's test suites: throwaway PostgreSQL databases (skipped loudly
 //! when PostgreSQL is unreachable, unless `FUSILLADE_REQUIRE_POSTGRES=1`) and polling with a
-//! timeout.
+//! timeout here; child processes waited for within a deadline in [`process`]; kill schedules
+//! and the never-sent-again check in [`kills`].
+
+pub mod kills;
+pub mod process;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection};
+
+pub use kills::{FinishedSends, KillSchedule};
+pub use process::{drain, output_within, wait_for_exit};
 
 /// The server tests use.
 pub fn server_url() -> String {

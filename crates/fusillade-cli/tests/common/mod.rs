@@ -1,8 +1,9 @@
-//! Helpers for the multi-process PostgreSQL tests: worker processes, a batch to run, result
-//! checks.
+//! Helpers shared by the CLI's end-to-end tests: input files, a mock upstream, worker
+//! processes on PostgreSQL, a batch to run, result checks.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,16 +46,36 @@ pub fn spawn_worker(db: &str, upstream: &str) -> Child {
         .expect("spawn worker")
 }
 
+/// `lines` chat requests `req-0`, `req-1`, … alternating between models `m0` and `m1`, so that
+/// per-model limits have two models to keep apart.
 pub fn input_lines(lines: usize) -> String {
     (0..lines)
         .map(|i| {
             format!(
                 "{{\"custom_id\":\"req-{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\
-                 \"body\":{{\"model\":\"m{}\",\"messages\":[]}}}}\n",
+                 \"body\":{{\"model\":\"m{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}}}\n",
                 i % 2
             )
         })
         .collect()
+}
+
+/// Writes [`input_lines`] to `dir/in.jsonl`, the name the `run` tests' result files follow.
+pub fn write_input(dir: &Path, lines: usize) -> PathBuf {
+    let path = dir.join("in.jsonl");
+    std::fs::write(&path, input_lines(lines)).expect("write input");
+    path
+}
+
+/// A mock upstream on a loopback port the kernel picks, answering after `latency`.
+pub async fn mock(latency: Duration) -> MockServer {
+    let config = MockConfig {
+        latency,
+        ..MockConfig::default()
+    };
+    MockServer::start(([127, 0, 0, 1], 0).into(), config)
+        .await
+        .expect("mock")
 }
 
 pub async fn create_batch(storage: &Arc<dyn Storage>, lines: usize) -> Batch {
@@ -109,6 +130,7 @@ pub async fn assert_each_exactly_once(storage: &Arc<dyn Storage>, id: &BatchId, 
     assert_eq!((ids.len(), unique.len()), (lines, lines));
 }
 
+/// Custom ids of the batch's completed requests, in input order.
 pub async fn completed_ids(storage: &Arc<dyn Storage>, id: &BatchId) -> Vec<String> {
     let (mut ids, mut after_line) = (Vec::new(), 0);
     loop {
@@ -130,12 +152,5 @@ pub async fn setup(latency_ms: u64) -> Option<(TestDatabase, Arc<dyn Storage>, M
     let db = TestDatabase::create().await?;
     let storage: Arc<dyn Storage> =
         Arc::new(PostgresStorage::open(&db.url, true).await.expect("open"));
-    let config = MockConfig {
-        latency: Duration::from_millis(latency_ms),
-        ..MockConfig::default()
-    };
-    let mock = MockServer::start(([127, 0, 0, 1], 0).into(), config)
-        .await
-        .expect("mock");
-    Some((db, storage, mock))
+    Some((db, storage, mock(Duration::from_millis(latency_ms)).await))
 }

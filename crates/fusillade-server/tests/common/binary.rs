@@ -12,6 +12,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use fusillade_testkit::{drain, wait_for_exit};
+
+/// How long a graceful stop may take: the HTTP drain (up to 30 s for downloads in progress),
+/// then the daemon's drain of in-flight requests (up to 30 s), with room to spare.
+const STOP_DEADLINE: Duration = Duration::from_secs(120);
+
 /// Builds `fusillade` beside this test's own executable and returns its path.
 pub fn build_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -102,12 +108,7 @@ impl ServeProcess {
         let mut child = command.spawn().expect("spawn fusillade serve");
         let (address_tx, address_rx) = mpsc::channel();
         let stderr = read_stderr(child.stderr.take().unwrap(), address_tx);
-        let mut stdout = child.stdout.take().unwrap();
-        let stdout = std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            stdout.read_to_end(&mut bytes).expect("read stdout");
-            bytes
-        });
+        let stdout = drain(child.stdout.take().unwrap());
         let Ok(base) = address_rx.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
             let text = String::from_utf8_lossy(&stderr.join().unwrap()).into_owned();
@@ -126,7 +127,8 @@ impl ServeProcess {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status();
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM {pid}");
-        let success = self.child.wait().expect("wait for serve").success();
+        let what = "fusillade serve to stop on SIGTERM";
+        let success = wait_for_exit(&mut self.child, STOP_DEADLINE, what).success();
         ServeOutput {
             stderr: self.stderr.take().unwrap().join().unwrap(),
             stdout: self.stdout.take().unwrap().join().unwrap(),
