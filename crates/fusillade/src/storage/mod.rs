@@ -14,6 +14,7 @@ mod body;
 pub mod postgres;
 pub(crate) mod shared;
 pub mod sqlite;
+mod staging;
 
 use std::sync::Arc;
 

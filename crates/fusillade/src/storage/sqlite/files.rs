@@ -1,13 +1,13 @@
 //! Files and templates on SQLite: streamed uploads, reads, listing and deletion.
 
-use futures::StreamExt;
 use sqlx::Row;
 
 use super::SqliteStorage;
 use super::rows::{FILE_COLUMNS, file_from_row, ms};
 use crate::model::{File, FileId, FilePurpose, NewTemplate, Timestamp};
+use crate::storage::staging::stage_upload;
 use crate::storage::{
-    FileCreate, FileList, ModelStats, Page, Result, Scope, StorageError, UploadItem, UploadStream,
+    FileCreate, FileList, ModelStats, Page, Result, Scope, StorageError, UploadStream,
 };
 
 /// Templates per insert transaction: large enough to amortise the commit, small enough that the
@@ -35,7 +35,11 @@ pub(super) async fn create(
     .fetch_one(&s.writer)
     .await?;
 
-    let staged = stage_templates(s, seq, &mut upload).await;
+    let staged = stage_upload(&mut upload, INSERT_CHUNK, 1, |templates| {
+        let s = s.clone();
+        async move { insert_templates(&s, seq, &templates).await }
+    })
+    .await;
     let summary = match staged {
         Ok(summary) => summary,
         Err(e) => {
@@ -54,32 +58,6 @@ pub(super) async fn create(
     .execute(&s.writer)
     .await?;
     get(s, &Scope::All, &id).await
-}
-
-async fn stage_templates(
-    s: &SqliteStorage,
-    seq: i64,
-    upload: &mut UploadStream<'_>,
-) -> Result<crate::input::InputSummary> {
-    let mut buffer: Vec<NewTemplate> = Vec::with_capacity(INSERT_CHUNK);
-    while let Some(item) = upload.next().await {
-        match item? {
-            UploadItem::Templates(mut templates) => {
-                buffer.append(&mut templates);
-                if buffer.len() >= INSERT_CHUNK {
-                    insert_templates(s, seq, &buffer).await?;
-                    buffer.clear();
-                }
-            }
-            UploadItem::Done(summary) => {
-                insert_templates(s, seq, &buffer).await?;
-                return Ok(summary);
-            }
-        }
-    }
-    Err(StorageError::Config(
-        "upload stream ended without a summary".into(),
-    ))
 }
 
 /// Templates per `INSERT` statement: 6 bound values each, well under SQLite's 32,766.
