@@ -9,13 +9,17 @@
 #   DATABASE=postgres://... bench/api.sh      (PostgreSQL; the database should be empty)
 #   DOWNLOADS=5 bench/api.sh                  (the download repeated, one figure each)
 #   PERF=/tmp/dl.perf bench/api.sh            (perf profile of the server over the downloads)
+#   FUSILLADE_BIN=/path/to/fusillade bench/api.sh   (that binary, no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LARGE=${1:-1000000}
 PORT=${PORT:-18400}
 TARGET=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p fusillade-cli
-BIN=$TARGET/release/fusillade
+# FUSILLADE_BIN=path measures that binary (an A/B run) instead of a fresh release build.
+if [ -z "${FUSILLADE_BIN:-}" ]; then
+  cargo build --release -q -p fusillade-cli
+fi
+BIN=${FUSILLADE_BIN:-$TARGET/release/fusillade}
 WORK=$(mktemp -d)
 SERVER=
 SAMPLER=
