@@ -86,8 +86,21 @@ impl Drop for TestDatabase {
 }
 
 /// Polls `condition` every 20 ms until it holds, panicking with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, condition: F)
 where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_until_every(Duration::from_millis(20), timeout, what, condition).await;
+}
+
+/// Polls `condition` every `poll` until it holds, panicking with `what` after `timeout`.
+pub async fn wait_until_every<F, Fut>(
+    poll: Duration,
+    timeout: Duration,
+    what: &str,
+    mut condition: F,
+) where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
@@ -97,6 +110,20 @@ where
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(poll).await;
     }
+}
+
+/// `lines` chat-completion lines of a batch input file: `custom_id` `{id_prefix}{i}`, model
+/// `{model_prefix}{i % models}`, a one-message body.
+pub fn chat_jsonl(id_prefix: &str, model_prefix: &str, models: usize, lines: usize) -> String {
+    let mut text = String::with_capacity(lines * 130);
+    for i in 0..lines {
+        text.push_str(&format!(
+            "{{\"custom_id\":\"{id_prefix}{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\
+             \"body\":{{\"model\":\"{model_prefix}{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}}}\n",
+            i % models
+        ));
+    }
+    text
 }

@@ -25,21 +25,9 @@ const MODELS: usize = 10;
 const CLAIMS: usize = 500;
 const PER_MODEL: u32 = 10;
 
-fn jsonl(batch: usize, lines: usize) -> String {
-    let mut text = String::with_capacity(lines * 130);
-    for i in 0..lines {
-        text.push_str(&format!(
-            "{{\"custom_id\":\"b{batch}-{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\
-             \"body\":{{\"model\":\"model-{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}}}\n",
-            i % MODELS
-        ));
-    }
-    text
-}
-
 async fn add_batch(storage: &Arc<dyn Storage>, batch: usize, lines: usize) {
     let now = chrono::Utc::now();
-    let text = jsonl(batch, lines);
+    let text = fusillade_testkit::chat_jsonl(&format!("b{batch}-"), "model-", MODELS, lines);
     let file = fusillade::ingest::upload(
         storage.as_ref(),
         text.as_bytes(),

@@ -49,15 +49,7 @@ pub fn spawn_worker(db: &str, upstream: &str) -> Child {
 /// `lines` chat requests `req-0`, `req-1`, … alternating between models `m0` and `m1`, so that
 /// per-model limits have two models to keep apart.
 pub fn input_lines(lines: usize) -> String {
-    (0..lines)
-        .map(|i| {
-            format!(
-                "{{\"custom_id\":\"req-{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\
-                 \"body\":{{\"model\":\"m{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}}}\n",
-                i % 2
-            )
-        })
-        .collect()
+    fusillade_testkit::chat_jsonl("req-", "m", 2, lines)
 }
 
 /// Writes [`input_lines`] to `dir/in.jsonl`, the name the `run` tests' result files follow.

@@ -117,19 +117,13 @@ pub fn mock_in_flight(mock: &MockServer) -> u64 {
 }
 
 /// Polls `condition` every few milliseconds until it holds; panics after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await; // poll interval; the loop is bounded by a deadline
-    }
+    // Every 5 ms: these tests time a few short phases against each other.
+    fusillade_testkit::wait_until_every(Duration::from_millis(5), timeout, what, condition).await;
 }
 
 /// A SQLite store, usually in its own temporary directory.
