@@ -77,6 +77,7 @@ macro_rules! storage_conformance {
             finish_with_stale_lease_is_ignored,
             final_state_is_first_writer_wins,
             finish_of_last_request_completes_the_batch,
+            finish_of_hundreds_in_one_call_applies_each_outcome,
             retry_or_release_in_cancelling_batch_cancels_instead,
             rescue_returns_leases_of_silent_daemons_without_charging_attempts,
             rescue_all_except_rescues_every_other_daemon,

@@ -1,10 +1,11 @@
 //! Conformance cases for requests: claims, fenced outcomes, retries and batch completion.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fusillade::Storage;
 use fusillade::model::{Batch, BatchStatus, File, Finish, Outcome, RequestState, Timestamp};
-use fusillade::storage::{BatchCreate, ClaimParams, ModelClaim, ResultFilter};
+use fusillade::storage::{BatchCreate, ClaimParams, ModelClaim, ResultFilter, ResultRow};
 
 use super::{
     alice, assert_counts_match_rows, claim, create_batch, daemon, finish, get, ok, rows, states,
@@ -356,6 +357,68 @@ pub async fn finish_of_last_request_completes_the_batch(s: Arc<dyn Storage>) {
     let c = b.counts;
     assert_eq!((c.total, c.completed, c.failed, c.finished()), (3, 2, 1, 3));
     assert!(s.batch_models_active().await.unwrap().is_empty());
+    assert_counts_match_rows(&s, &batch.id).await;
+}
+
+/// One flush of hundreds of mixed outcomes (more than one statement's worth on backends that
+/// split it), some with a stale lease: each applies exactly as it would alone.
+pub async fn finish_of_hundreds_in_one_call_applies_each_outcome(s: Arc<dyn Storage>) {
+    const N: usize = 345;
+    let batch = create_batch(&s, ALICE, &["m"; N], t(0), None).await;
+    let claimed = claim(&s, "m", N as u32, t(1)).await;
+    assert_eq!(claimed.len(), N);
+    let finishes: Vec<Finish> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, req)| Finish {
+            id: req.id,
+            // Every tenth carries a lease that is not the request's: it must not apply.
+            lease: if i % 10 == 9 {
+                req.lease ^ 1
+            } else {
+                req.lease
+            },
+            outcome: match i % 3 {
+                0 => ok(&req.custom_id),
+                1 => Outcome::Failed(upstream_error(400)),
+                _ => Outcome::Released,
+            },
+        })
+        .collect();
+    let report = s.request_finish_many(&finishes, t(2)).await.unwrap();
+    let stale = N / 10;
+    assert_eq!(
+        (report.applied, report.stale),
+        ((N - stale) as u64, stale as u64)
+    );
+    let by_line: BTreeMap<u64, ResultRow> = rows(&s, &batch.id, ResultFilter::All)
+        .await
+        .into_iter()
+        .map(|r| (r.line, r))
+        .collect();
+    for (i, req) in claimed.iter().enumerate() {
+        let row = &by_line[&req.line];
+        let (state, attempts, body) = match (i % 10 == 9, i % 3) {
+            (true, _) => (RequestState::Running, 0, None),
+            (false, 0) => (
+                RequestState::Completed,
+                1,
+                Some(format!(r#"{{"answer":"{}"}}"#, req.custom_id)),
+            ),
+            (false, 1) => (
+                RequestState::Failed,
+                1,
+                Some(r#"{"error":"status 400"}"#.to_string()),
+            ),
+            (false, _) => (RequestState::Pending, 0, None),
+        };
+        assert_eq!(
+            (row.state, row.attempts, row.response_body.clone()),
+            (state, attempts, body),
+            "line {}",
+            req.line
+        );
+    }
     assert_counts_match_rows(&s, &batch.id).await;
 }
 
