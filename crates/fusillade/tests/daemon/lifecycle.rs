@@ -127,6 +127,7 @@ async fn heartbeats_come_well_within_stale_after() {
             );
             beats.insert(me.last_heartbeat);
         }
+        // Sampling interval: the loop watches heartbeats until a deadline, not for one event.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     daemon.stop().await;

@@ -375,6 +375,7 @@ pub async fn assert_429s_wait_for_retry_after(limited: MockConfig, quiet_for: Du
             total, 5,
             "a retry came {elapsed:?} after the start, before Retry-After"
         );
+        // Sampling interval: this loop watches that nothing happens for a bounded window.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let done = store.wait_final(&batch.id, PATIENCE).await;
